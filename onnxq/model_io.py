@@ -1,0 +1,206 @@
+"""Loading and saving models: lazy, checked on the way in, validated and atomic on the way out.
+
+Load: the protobuf is parsed without external data, every safety check runs on it (``onnxq.safety``),
+then onnx-ir deserializes it with external tensors left lazy (memory-mapped on first use), so a model
+with many GB of weights costs almost no RAM until a pass touches a tensor.
+
+Save: the model is written into a temporary folder beside the destination, with a *fresh* external-data
+file when the weights exceed the protobuf limit (or when asked), checked with ``onnx.checker`` and loaded
+by ONNX Runtime, and only then renamed into place. A failed or interrupted save leaves nothing behind and
+never touches the input or its data files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+from google.protobuf.message import DecodeError
+
+from onnxq import graph_checks, runtime_compat, safety
+from onnxq.errors import InvalidModelError, OutputPathError, ValidationError
+
+logger = logging.getLogger(__name__)
+
+#: Above this many bytes of weights a model is saved with external data (protobuf's hard limit is 2 GiB).
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+#: External tensors are aligned so ONNX Runtime can memory-map them.
+EXTERNAL_DATA_ALIGNMENT = 4096
+
+
+@dataclass
+class LoadedModel:
+    """A model plus where it came from: the files a save must never overwrite."""
+
+    model: ir.Model
+    path: Path
+    data_files: list[Path] = field(default_factory=list)
+
+
+def load_model(path: str | os.PathLike) -> LoadedModel:
+    """Load an ONNX file with every safety and structure check; raise ``OnnxqError`` on bad input."""
+    path = Path(path)
+    if not path.exists():
+        raise InvalidModelError(f"model file '{path}' does not exist")
+    if path.is_dir():
+        raise InvalidModelError(f"'{path}' is a directory, not an ONNX model file")
+    if path.stat().st_size == 0:
+        raise InvalidModelError(f"model file '{path}' is empty")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as exc:
+        raise InvalidModelError(
+            f"'{path}' is not an ONNX model (protobuf parse failed: {_first_line(exc)}); truncated or corrupted?"
+        ) from None
+    if not proto.HasField("graph") or (not proto.graph.node and not proto.graph.output):
+        raise InvalidModelError(f"'{path}' holds no ONNX graph (not an ONNX model, or an empty one)")
+    if not proto.opset_import:
+        raise InvalidModelError(f"'{path}' declares no opset imports")
+    data_files = safety.check_model_proto(proto, path.parent)
+    _check_with_onnx_checker(proto, path)
+    try:
+        model = ir.serde.deserialize_model(proto)
+    except Exception as exc:  # noqa: BLE001 - onnx-ir raises SerdeError with the cause chained
+        cause = exc.__cause__ or exc
+        raise InvalidModelError(f"'{path}' is not a valid ONNX graph: {_first_line(cause)}") from None
+    del proto
+    ir.external_data.set_base_dir(model.graph, path.parent)
+    graph_checks.check_graph_structure(model)
+    runtime_compat.normalize_opset_imports(model)
+    logger.info("loaded %s (opset %d, IR %d)", path, runtime_compat.default_opset(model), model.ir_version)
+    return LoadedModel(model, path, data_files)
+
+
+def _check_with_onnx_checker(proto: onnx.ModelProto, path: Path) -> None:
+    """onnx.checker on the weightless proto: catches duplicate names, bad attributes, unknown ops."""
+    try:
+        onnx.checker.check_model(proto, full_check=False)
+    except onnx.checker.ValidationError as exc:
+        message = _first_line(exc)
+        # Third-party exporters often write nodes out of order; we sort them ourselves.
+        if "topologically sorted" in message:
+            return
+        raise InvalidModelError(f"'{path}' fails onnx.checker: {message}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def weights_nbytes(model: ir.Model) -> int:
+    total = 0
+    for value in model.graph.initializers.values():
+        if value.const_value is not None:
+            total += value.const_value.nbytes
+    return total
+
+
+def check_output_path(output: Path, protected: list[Path], *, in_place: bool = False) -> None:
+    """Refuse destinations that are directories, unwritable, or an input (unless ``in_place``)."""
+    if output.exists() and output.is_dir():
+        raise OutputPathError(f"output '{output}' is a directory; give a file path ending in .onnx")
+    parent = output.parent if str(output.parent) else Path(".")
+    if not parent.exists():
+        raise OutputPathError(f"output folder '{parent}' does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputPathError(f"output folder '{parent}' is not writable")
+    if output.exists() and not os.access(output, os.W_OK):
+        raise OutputPathError(f"output '{output}' exists and is not writable")
+    if in_place:
+        return
+    for source in protected:
+        if output.exists() and source.exists() and os.path.samefile(output, source):
+            raise OutputPathError(
+                f"output '{output}' is the input file '{source}'; write elsewhere or pass --in-place"
+            )
+
+
+def save_model(
+    model: ir.Model,
+    output: str | os.PathLike,
+    *,
+    protected: list[Path] | None = None,
+    external_data: bool | None = None,
+    in_place: bool = False,
+    validate: bool = True,
+) -> Path:
+    """Validate and write ``model`` to ``output`` atomically; return the final path.
+
+    ``external_data``: True forces a fresh ``<name>.data`` file, False forces embedding, None decides by
+    size. ``protected``: files (the input and its data) that must never be overwritten unless ``in_place``.
+    """
+    output = Path(output)
+    protected = list(protected or [])
+    check_output_path(output, protected, in_place=in_place)
+    use_external = external_data if external_data is not None else weights_nbytes(model) > EXTERNAL_DATA_THRESHOLD
+    data_name = output.name + ".data" if use_external else None
+    if data_name and not in_place:
+        data_target = output.parent / data_name
+        for source in protected:
+            if data_target.exists() and source.exists() and os.path.samefile(data_target, source):
+                raise OutputPathError(
+                    f"output data file '{data_target}' would overwrite the input's data '{source}'; "
+                    "choose another output name or pass --in-place"
+                )
+    model.ir_version = runtime_compat.target_ir_version()
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent or "."))
+    try:
+        staged = staging / output.name
+        _write(model, staged, data_name)
+        if validate:
+            validate_model_file(staged)
+        if data_name:
+            os.replace(staging / data_name, output.parent / data_name)
+        os.replace(staged, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    logger.info("wrote %s%s", output, f" (+ {data_name})" if data_name else "")
+    return output
+
+
+def _write(model: ir.Model, path: Path, data_name: str | None) -> None:
+    if data_name:
+        ir.save(model, path, external_data=data_name, alignment=EXTERNAL_DATA_ALIGNMENT, align_threshold=0)
+        return
+    # Embed everything: external tensors of the input must not leak into the output as references.
+    ir.save(_embedded_view(model), path)
+
+
+def _embedded_view(model: ir.Model) -> ir.Model:
+    has_external = any(
+        isinstance(value.const_value, ir.ExternalTensor) for value in model.graph.initializers.values()
+    )
+    if not has_external:
+        return model
+    return ir.external_data.load_to_model(model)
+
+
+def validate_model_file(path: Path) -> None:
+    """onnx.checker (full check when the model fits in one protobuf) and an ONNX Runtime load."""
+    size = path.stat().st_size + sum(p.stat().st_size for p in path.parent.glob(path.name + ".data"))
+    try:
+        if size < 2_000_000_000:
+            onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+        else:
+            onnx.checker.check_model(str(path), full_check=False)
+    except Exception as exc:  # noqa: BLE001 - checker and shape inference raise several types
+        raise ValidationError(f"the produced model fails onnx.checker, so it was not written: {_first_line(exc)}")
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    options.log_severity_level = 3
+    try:
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+        raise ValidationError(
+            f"ONNX Runtime cannot load the produced model, so it was not written: {_first_line(exc)}"
+        ) from None

@@ -1,0 +1,139 @@
+"""What the installed ONNX Runtime accepts, probed rather than assumed, and opset conversion.
+
+onnx 1.23 writes IR 14 by default while ONNX Runtime 1.31 loads at most IR 13 (1.32 loads 14): the only
+reliable answer for "which IR version may we write" is to ask the runtime once, with a one-node model.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import onnx
+import onnx_ir as ir
+from onnx import helper
+
+from onnxq.errors import OpsetError
+
+logger = logging.getLogger(__name__)
+
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+def _tiny_model(ir_version: int, opset: int) -> bytes:
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "probe",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = ir_version
+    return model.SerializeToString()
+
+
+def _ort_loads(model_bytes: bytes) -> bool:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    try:
+        ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001 - any refusal means "not supported"
+        return False
+    return True
+
+
+@functools.cache
+def ort_max_ir_version() -> int:
+    """Highest IR version the installed ONNX Runtime loads (capped at what onnx writes)."""
+    for version in range(onnx.IR_VERSION, 6, -1):
+        if _ort_loads(_tiny_model(version, 13)):
+            return version
+    return 7
+
+
+@functools.cache
+def ort_max_opset() -> int:
+    """Highest default-domain opset the installed ONNX Runtime loads (capped at what onnx knows)."""
+    ir_version = ort_max_ir_version()
+    for opset in range(onnx.defs.onnx_opset_version(), 6, -1):
+        if _ort_loads(_tiny_model(ir_version, opset)):
+            return opset
+    return 7
+
+
+def target_ir_version() -> int:
+    """The IR version onnxq writes: the newest one both onnx and the installed ORT accept."""
+    return min(onnx.IR_VERSION, ort_max_ir_version())
+
+
+def default_opset(model: ir.Model) -> int:
+    for domain in _DEFAULT_DOMAINS:
+        if domain in model.opset_imports:
+            return model.opset_imports[domain]
+    raise OpsetError("the model imports no default-domain ('ai.onnx') opset")
+
+
+def normalize_opset_imports(model: ir.Model) -> None:
+    """Spell the default domain as '' everywhere (some exporters write 'ai.onnx')."""
+    if "ai.onnx" in model.opset_imports:
+        version = model.opset_imports.pop("ai.onnx")
+        model.opset_imports[""] = max(version, model.opset_imports.get("", 0))
+    for node in model.graph.all_nodes() if hasattr(model.graph, "all_nodes") else model.graph:
+        if node.domain == "ai.onnx":
+            node.domain = ""
+
+
+def upgrade_opset(model: ir.Model, target: int) -> bool:
+    """Convert the model's default-domain opset up to ``target`` with onnx's version converter, in place.
+
+    The converter works on protos: it gets a weightless copy, and the converted graph is moved back into
+    ``model`` with the original weight tensors, so this stays cheap for large models. Returns whether the
+    opset changed.
+    """
+    current = default_opset(model)
+    if current >= target:
+        return False
+    if target > ort_max_opset():
+        raise OpsetError(
+            f"opset {target} is newer than the installed ONNX Runtime supports (max {ort_max_opset()})"
+        )
+    from onnx import version_converter
+
+    # Convert a weightless copy: the converter only needs the graph structure.
+    weights = {name: value.const_value for name, value in model.graph.initializers.items()}
+    for value in model.graph.initializers.values():
+        value.const_value = ir.Tensor(_placeholder_like(value.const_value), name=value.name)
+    try:
+        proto = ir.serde.serialize_model(model)
+    finally:
+        for name, value in model.graph.initializers.items():
+            value.const_value = weights[name]
+    try:
+        converted = version_converter.convert_version(proto, target)
+    except Exception as exc:  # noqa: BLE001 - the converter raises bare RuntimeErrors
+        raise OpsetError(
+            f"onnx's version converter cannot convert this model from opset {current} to {target}: "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from None
+    new_model = ir.serde.deserialize_model(converted)
+    for name, value in new_model.graph.initializers.items():
+        if name in weights:
+            value.const_value = weights[name]
+    model.graph = new_model.graph
+    model.functions.clear()
+    model.functions.update(new_model.functions)
+    logger.info("raised the default-domain opset from %d to %d", current, target)
+    return True
+
+
+def _placeholder_like(tensor: ir.TensorProtocol):
+    """A zero-size-ish stand-in with the same dtype and shape metadata is not possible for big tensors,
+    so keep a scalar of the right dtype; the converter never reads initializer values."""
+    import numpy as np
+
+    dtype = tensor.dtype.numpy()
+    return np.zeros(tuple(tensor.shape.numpy()), dtype=dtype) if tensor.size <= 1024 else np.zeros(
+        (0,), dtype=dtype
+    )

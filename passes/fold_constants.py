@@ -1,0 +1,50 @@
+"""Constant folding: evaluate nodes whose inputs are all constants and store the result as an initializer.
+
+Uses onnxscript's folder (which also folds shape computations such as Shape→Gather→Concat when the
+shapes are static). Size limits keep it from materialising huge tensors: by default inputs up to
+``input_size_limit`` elements are evaluated and outputs up to ``output_size_limit`` elements are kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx_ir as ir
+from onnxscript.optimizer import fold_constants
+
+from onnxq.pass_api import OnnxqPass, register_pass
+
+
+@dataclass(frozen=True)
+class FoldConstantsOptions:
+    input_size_limit: int = 1 << 20
+    output_size_limit: int = 1 << 22
+
+
+@register_pass
+class FoldConstantsPass(OnnxqPass):
+    """Rules:
+
+    1. A node whose inputs are all constant (and small enough) is replaced by its computed output.
+    2. ``Constant`` nodes become initializers.
+    3. Shape computations on statically known shapes are folded.
+    """
+
+    name = "fold-constants"
+    summary = "evaluate constant subgraphs and store their results as initializers"
+    Options = FoldConstantsOptions
+
+    def apply(self, model: ir.Model) -> int:
+        before = _node_count(model)
+        result = fold_constants(
+            model,
+            input_size_limit=self.options.input_size_limit,
+            output_size_limit=self.options.output_size_limit,
+        )
+        # The folder detaches folded nodes; dead ones disappear in dce. Count what is gone or replaced.
+        removed = max(0, before - _node_count(model))
+        return removed if removed else int(bool(result.modified))
+
+
+def _node_count(model: ir.Model) -> int:
+    return sum(1 for _ in ir.traversal.RecursiveGraphIterator(model.graph))
