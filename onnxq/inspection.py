@@ -81,7 +81,19 @@ def _dq_dtype(value: ir.Value | None) -> str | None:
     if producer is None or producer.op_type != "DequantizeLinear":
         return None
     source = producer.inputs[0]
-    return source.dtype.name.lower() if source is not None and source.dtype is not None else "?"
+    if source is None:
+        return "?"
+    if source.dtype is not None:
+        return source.dtype.name.lower()
+    # Without shape inference a QuantizeLinear output has no type yet: it is the zero point's type,
+    # or the output_dtype attribute (opset 21), or uint8 by default.
+    quantize = source.producer()
+    if quantize is not None and quantize.op_type == "QuantizeLinear":
+        if len(quantize.inputs) > 2 and quantize.inputs[2] is not None and quantize.inputs[2].dtype is not None:
+            return quantize.inputs[2].dtype.name.lower()
+        attr = quantize.attributes.get("output_dtype")
+        return ir.DataType(attr.value).name.lower() if attr is not None else "uint8"
+    return "?"
 
 
 def _quantized_ops(model: ir.Model) -> list[QuantizedOp]:

@@ -12,10 +12,12 @@ never touches the input or its data files.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +26,7 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from onnxq import graph_checks, runtime_compat, safety
-from onnxq.errors import InvalidModelError, OutputPathError, ValidationError
+from onnxq.errors import InvalidModelError, OpsetError, OutputPathError, ValidationError
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +34,8 @@ logger = logging.getLogger(__name__)
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 #: External tensors are aligned so ONNX Runtime can memory-map them.
 EXTERNAL_DATA_ALIGNMENT = 4096
+#: ONNX Runtime implements the default domain from this opset on.
+MIN_OPSET = 7
 
 
 @dataclass
@@ -62,10 +66,12 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
         raise InvalidModelError(f"'{path}' holds no ONNX graph (not an ONNX model, or an empty one)")
     if not proto.opset_import:
         raise InvalidModelError(f"'{path}' declares no opset imports")
+    _check_opset_and_features(proto, path)
     data_files = safety.check_model_proto(proto, path.parent)
-    _check_with_onnx_checker(proto, path)
+    _check_with_onnx_checker(proto, path, has_external_data=bool(data_files))
     try:
-        model = ir.serde.deserialize_model(proto)
+        with _quiet_serde():
+            model = ir.serde.deserialize_model(proto)
     except Exception as exc:  # noqa: BLE001 - onnx-ir raises SerdeError with the cause chained
         cause = exc.__cause__ or exc
         raise InvalidModelError(f"'{path}' is not a valid ONNX graph: {_first_line(cause)}") from None
@@ -77,10 +83,48 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
     return LoadedModel(model, path, data_files)
 
 
-def _check_with_onnx_checker(proto: onnx.ModelProto, path: Path) -> None:
-    """onnx.checker on the weightless proto: catches duplicate names, bad attributes, unknown ops."""
+def _check_opset_and_features(proto: onnx.ModelProto, path: Path) -> None:
+    """Refuse opsets the installed onnx cannot check or ONNX Runtime cannot run, and unsupported features."""
+    newest = onnx.defs.onnx_opset_version()
+    for opset in proto.opset_import:
+        if opset.domain not in ("", "ai.onnx"):
+            continue
+        if opset.version > newest:
+            raise OpsetError(
+                f"'{path}' uses ai.onnx opset {opset.version}, newer than the installed onnx knows (max {newest}); "
+                "upgrade onnx or export at an older opset"
+            )
+        if opset.version < MIN_OPSET:
+            raise OpsetError(
+                f"'{path}' uses ai.onnx opset {opset.version}; ONNX Runtime runs opset {MIN_OPSET} and newer: "
+                "export at a newer opset or convert it with onnx.version_converter"
+            )
+    if proto.graph.sparse_initializer:
+        names = ", ".join(repr(s.values.name) for s in proto.graph.sparse_initializer[:3])
+        raise InvalidModelError(f"'{path}' has sparse initializers ({names}), which onnxq does not support")
+
+
+@contextlib.contextmanager
+def _quiet_serde() -> Iterator[None]:
+    """onnx-ir warns over several lines about dangling inputs; graph_checks reports them in one line."""
+    serde_logger = logging.getLogger("onnx_ir.serde")
+    level = serde_logger.level
+    if not serde_logger.isEnabledFor(logging.DEBUG):
+        serde_logger.setLevel(logging.ERROR)
     try:
-        onnx.checker.check_model(proto, full_check=False)
+        yield
+    finally:
+        serde_logger.setLevel(level)
+
+
+def _check_with_onnx_checker(proto: onnx.ModelProto, path: Path, *, has_external_data: bool) -> None:
+    """onnx.checker without reading weights: catches duplicate names, bad attributes, unknown ops.
+
+    With external data the checker must see the file path (it resolves locations against the model's
+    folder); it still reads no tensor bytes.
+    """
+    try:
+        onnx.checker.check_model(str(path) if has_external_data else proto, full_check=False)
     except onnx.checker.ValidationError as exc:
         message = _first_line(exc)
         # Third-party exporters often write nodes out of order; we sort them ourselves.
@@ -150,7 +194,10 @@ def save_model(
                     "choose another output name or pass --in-place"
                 )
     model.ir_version = runtime_compat.target_ir_version()
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent or "."))
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent or "."))
+    except OSError as exc:
+        raise OutputPathError(f"cannot write into output folder '{output.parent}': {exc.strerror or exc}") from None
     try:
         staged = staging / output.name
         _write(model, staged, data_name)
@@ -159,6 +206,8 @@ def save_model(
         if data_name:
             os.replace(staging / data_name, output.parent / data_name)
         os.replace(staged, output)
+    except OSError as exc:  # disk full, folder removed or made read-only meanwhile, ...
+        raise OutputPathError(f"cannot write '{output}': {exc.strerror or exc}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("wrote %s%s", output, f" (+ {data_name})" if data_name else "")

@@ -3,6 +3,9 @@
 Uses onnxscript's folder (which also folds shape computations such as Shape→Gather→Concat when the
 shapes are static). Size limits keep it from materialising huge tensors: by default inputs up to
 ``input_size_limit`` elements are evaluated and outputs up to ``output_size_limit`` elements are kept.
+
+Quantization nodes are never folded: ``DequantizeLinear(int8 weight)`` evaluated to a float constant would
+silently undo weight quantization (4x the bytes, and the runtime would no longer see the int8 weight).
 """
 
 from __future__ import annotations
@@ -10,9 +13,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import onnx_ir as ir
+from onnx_ir.passes.common import LiftConstantsToInitializersPass
 from onnxscript.optimizer import fold_constants
 
 from onnxq.pass_api import OnnxqPass, register_pass
+
+#: Ops whose constant inputs are the point (quantized weights): keep them in the graph.
+NEVER_FOLD = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
+
+
+def _should_fold(node: ir.Node) -> bool | None:
+    if node.domain in ("", "ai.onnx") and node.op_type in NEVER_FOLD:
+        return False
+    return None  # onnxscript's default rules decide
 
 
 @dataclass(frozen=True)
@@ -28,6 +41,7 @@ class FoldConstantsPass(OnnxqPass):
     1. A node whose inputs are all constant (and small enough) is replaced by its computed output.
     2. ``Constant`` nodes become initializers.
     3. Shape computations on statically known shapes are folded.
+    4. QuantizeLinear / DequantizeLinear are never folded (they carry quantized weights).
     """
 
     name = "fold-constants"
@@ -40,7 +54,10 @@ class FoldConstantsPass(OnnxqPass):
             model,
             input_size_limit=self.options.input_size_limit,
             output_size_limit=self.options.output_size_limit,
+            should_fold=_should_fold,
         )
+        # Constant nodes (any size) become initializers, where quantizers and inspect expect weights.
+        LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=0)(model)
         # The folder detaches folded nodes; dead ones disappear in dce. Count what is gone or replaced.
         removed = max(0, before - _node_count(model))
         return removed if removed else int(bool(result.modified))
