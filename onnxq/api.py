@@ -61,3 +61,16 @@ def optimize(
 def inspect_model(model: ir.Model) -> ModelSummary:
     """Facts about a model: opsets, I/O, op histogram, parameters by dtype, quantized ops."""
     return summarize(model)
+
+
+def quantize(model: ir.Model, calibration, *, target: str = "ort", recipe=None, **options):
+    """Quantize for ``target``; returns ``(model, QuantReport)``. See ``onnxq.quant.quantize``.
+
+    ``calibration``: a .npz path, a folder of .npz, an iterable of ``{input: array}``, or an ONNX Runtime
+    ``CalibrationDataReader``. ``options`` override the recipe (precision, method, max_error, ...).
+    """
+    from onnxq.quant.quantize import quantize as _quantize
+    from onnxq.quant.recipe import Recipe
+
+    recipe = (recipe or Recipe()).with_options(**options)
+    return _quantize(model, calibration, target=target, recipe=recipe)

@@ -3,6 +3,9 @@
     onnxq optimize model.onnx -o opt.onnx [--passes default] [--verify] [--input-shape x=1x3x224x224]
     onnxq inspect model.onnx [--json]
     onnxq passes
+    onnxq quantize model.onnx -o q.onnx --calib calib.npz [--target ort] (see onnxq/cli_quant.py)
+    onnxq compare a.onnx b.onnx --data inputs.npz
+    onnxq targets [TARGET]
 
 Global flags anywhere on the line: ``--quiet``, ``--verbose``, ``--debug`` (full tracebacks).
 """
@@ -112,12 +115,21 @@ def list_passes() -> None:
     print_pass_list(stdout, available_passes())
 
 
+def _register_quantization_commands() -> None:
+    from onnxq import cli_quant
+
+    cli_quant.register(app)
+
+
+_register_quantization_commands()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: returns the exit code (2 for bad input, 1 for failed checks)."""
     args = extract_global_flags(list(sys.argv[1:] if argv is None else argv))
     configure_logging()
     try:
-        app(args=args, prog_name="onnxq", standalone_mode=False)
+        code = app(args=args, prog_name="onnxq", standalone_mode=False)
     except OnnxqError as exc:
         if FLAGS.debug:
             traceback.print_exc()
@@ -139,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         return exit_with_error(
             RuntimeError(f"internal error ({type(exc).__name__}: {exc}); rerun with --debug for the traceback"), 1
         )
-    return 0
+    if code == 130:  # typer turns Ctrl-C into a returned 130 when not standalone
+        return exit_with_error(KeyboardInterrupt("interrupted; nothing was written"), 130)
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ stdout = Console(highlight=False)
 
 def extract_global_flags(argv: list[str]) -> list[str]:
     """Accept --quiet/-q, --debug, --verbose/-v anywhere on the command line."""
+    FLAGS.quiet = FLAGS.debug = FLAGS.verbose = False  # main() may run several times in one process
     rest = []
     for arg in argv:
         if arg in ("--quiet", "-q"):

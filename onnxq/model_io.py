@@ -76,7 +76,8 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
         cause = exc.__cause__ or exc
         raise InvalidModelError(f"'{path}' is not a valid ONNX graph: {_first_line(cause)}") from None
     del proto
-    ir.external_data.set_base_dir(model.graph, path.parent)
+    for graph in (model.graph, *(f.graph for f in model.functions.values())):
+        ir.external_data.set_base_dir(graph, path.parent)
     graph_checks.check_graph_structure(model)
     runtime_compat.normalize_opset_imports(model)
     logger.info("loaded %s (opset %d, IR %d)", path, runtime_compat.default_opset(model), model.ir_version)
@@ -215,6 +216,7 @@ def save_model(
 
 
 def _write(model: ir.Model, path: Path, data_name: str | None) -> None:
+    _load_external_attributes(model)
     if data_name:
         ir.save(model, path, external_data=data_name, alignment=EXTERNAL_DATA_ALIGNMENT, align_threshold=0)
         return
@@ -222,9 +224,26 @@ def _write(model: ir.Model, path: Path, data_name: str | None) -> None:
     ir.save(_embedded_view(model), path)
 
 
+def _load_external_attributes(model: ir.Model) -> None:
+    """Read tensors of node attributes and function bodies that live in the input's data files into memory.
+
+    Only graph initializers are moved to a fresh data file (or embedded by ``load_to_model``); any other
+    external tensor would be written as a reference to the input's file, relative to the wrong folder.
+    """
+    for graph in (model.graph, *(f.graph for f in model.functions.values())):
+        for node in ir.traversal.RecursiveGraphIterator(graph):
+            for name, attr in list(node.attributes.items()):
+                if not attr.is_ref() and attr.type == ir.AttributeType.TENSOR and isinstance(
+                    attr.value, ir.ExternalTensor
+                ):
+                    (tensor,) = ir.external_data.convert_tensors_from_external([attr.value])
+                    node.attributes[name] = ir.AttrTensor(name, tensor)
+
+
 def _embedded_view(model: ir.Model) -> ir.Model:
     has_external = any(
-        isinstance(value.const_value, ir.ExternalTensor) for value in model.graph.initializers.values()
+        isinstance(value.const_value, ir.ExternalTensor) for graph in model.graphs()
+        for value in graph.initializers.values()
     )
     if not has_external:
         return model

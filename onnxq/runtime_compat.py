@@ -101,10 +101,12 @@ def upgrade_opset(model: ir.Model, target: int) -> bool:
         )
     from onnx import version_converter
 
-    # Convert a weightless copy: the converter only needs the graph structure.
+    # Convert a weightless copy: large weights are swapped for external-data references (dtype and dims
+    # kept, bytes never read), so serialization neither copies them nor hits the 2 GB protobuf limit.
     weights = {name: value.const_value for name, value in model.graph.initializers.items()}
     for value in model.graph.initializers.values():
-        value.const_value = ir.Tensor(_placeholder_like(value.const_value), name=value.name)
+        if value.const_value is not None and value.const_value.size > 1024:
+            value.const_value = _placeholder_like(value.const_value, value.name)
     try:
         proto = ir.serde.serialize_model(model)
     finally:
@@ -128,12 +130,10 @@ def upgrade_opset(model: ir.Model, target: int) -> bool:
     return True
 
 
-def _placeholder_like(tensor: ir.TensorProtocol):
-    """A zero-size-ish stand-in with the same dtype and shape metadata is not possible for big tensors,
-    so keep a scalar of the right dtype; the converter never reads initializer values."""
-    import numpy as np
-
-    dtype = tensor.dtype.numpy()
-    return np.zeros(tuple(tensor.shape.numpy()), dtype=dtype) if tensor.size <= 1024 else np.zeros(
-        (0,), dtype=dtype
+def _placeholder_like(tensor: ir.TensorProtocol, name: str) -> ir.ExternalTensor:
+    """A reference to bytes that do not exist, with the tensor's dtype and shape: the converter reads
+    shapes and types only."""
+    return ir.ExternalTensor(
+        "__onnxq_placeholder__", offset=0, length=tensor.nbytes, dtype=tensor.dtype, shape=tensor.shape,
+        name=name, base_dir="",
     )

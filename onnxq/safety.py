@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
+import onnx_ir as ir
 
 from onnxq.errors import InvalidModelError, UnsafeModelError
 
@@ -28,7 +29,11 @@ def iter_graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
     yield from graph.initializer
     for sparse in graph.sparse_initializer:
         yield sparse.values
-    for node in graph.node:
+    yield from _iter_node_tensors(graph.node)
+
+
+def _iter_node_tensors(nodes) -> Iterator[onnx.TensorProto]:
+    for node in nodes:
         for attr in node.attribute:
             if attr.HasField("t"):
                 yield attr.t
@@ -42,10 +47,7 @@ def iter_graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
 def iter_model_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
     yield from iter_graph_tensors(model.graph)
     for function in model.functions:
-        for node in function.node:
-            for attr in node.attribute:
-                if attr.HasField("t"):
-                    yield attr.t
+        yield from _iter_node_tensors(function.node)
 
 
 def _external_entries(tensor: onnx.TensorProto) -> dict[str, str]:
@@ -56,6 +58,8 @@ def resolve_external_location(location: str, base_dir: Path, tensor_name: str) -
     """The real path of an external-data file, refusing anything that leaves ``base_dir``."""
     if not location:
         raise InvalidModelError(f"tensor '{tensor_name}' is stored externally but names no location")
+    if "\0" in location:
+        raise UnsafeModelError(f"tensor '{tensor_name}' has an external-data location with a NUL byte")
     pure = Path(location)
     if pure.is_absolute() or location.startswith(("/", "\\")) or (len(location) > 1 and location[1] == ":"):
         raise UnsafeModelError(
@@ -66,8 +70,14 @@ def resolve_external_location(location: str, base_dir: Path, tensor_name: str) -
         raise UnsafeModelError(
             f"tensor '{tensor_name}' points to external data '{location}' outside the model's folder ('..')"
         )
-    base_real = base_dir.resolve()
-    target = (base_dir / pure).resolve()
+    try:
+        base_real = base_dir.resolve()
+        target = (base_dir / pure).resolve()
+    except (OSError, RuntimeError) as exc:  # name too long, symlink loop, ...
+        raise InvalidModelError(
+            f"tensor '{tensor_name}' has an unusable external-data location '{location[:80]}': "
+            f"{getattr(exc, 'strerror', None) or exc}"
+        ) from None
     if base_real != target and base_real not in target.parents:
         raise UnsafeModelError(
             f"tensor '{tensor_name}' points to external data '{location}', which resolves outside the "
@@ -87,6 +97,17 @@ def check_tensor_size(tensor: onnx.TensorProto) -> None:
         )
 
 
+def tensor_nbytes(tensor: onnx.TensorProto) -> int | None:
+    """Bytes the tensor's data takes by its dims and type (None for strings and unknown types)."""
+    try:
+        bits = ir.DataType(tensor.data_type).bitwidth
+    except (ValueError, TypeError):
+        return None
+    if bits % 8 and bits not in (2, 4):  # packing of other sub-byte types is not pinned down
+        return None
+    return math.ceil(math.prod(tensor.dims) * bits / 8)
+
+
 def check_model_proto(model: onnx.ModelProto, base_dir: Path) -> list[Path]:
     """Run every safety check on a model proto loaded without its external data.
 
@@ -98,12 +119,25 @@ def check_model_proto(model: onnx.ModelProto, base_dir: Path) -> list[Path]:
     for tensor in iter_model_tensors(model):
         check_tensor_size(tensor)
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            needed = tensor_nbytes(tensor) if tensor.HasField("raw_data") else None
+            if needed is not None and len(tensor.raw_data) != needed:
+                raise InvalidModelError(
+                    f"tensor '{tensor.name}' holds {len(tensor.raw_data)} bytes of raw data, but its dims "
+                    f"{list(tensor.dims)} and type need {needed}"
+                )
             continue
         entries = _external_entries(tensor)
         path = resolve_external_location(entries.get("location", ""), base_dir, tensor.name)
-        if not path.is_file():
+        try:
+            is_file = path.is_file()
+        except OSError as exc:  # name too long, permission denied, ...
             raise InvalidModelError(
-                f"external data file '{entries.get('location')}' of tensor '{tensor.name}' is missing "
+                f"tensor '{tensor.name}' has an unusable external-data location: {exc.strerror or exc}"
+            ) from None
+        if not is_file:
+            problem = "is not a regular file" if path.exists() else "is missing"
+            raise InvalidModelError(
+                f"external data file '{entries.get('location')}' of tensor '{tensor.name}' {problem} "
                 f"(looked in '{base_dir}')"
             )
         try:
@@ -111,10 +145,21 @@ def check_model_proto(model: onnx.ModelProto, base_dir: Path) -> list[Path]:
             length = int(entries["length"]) if "length" in entries else None
         except ValueError as exc:
             raise InvalidModelError(f"tensor '{tensor.name}' has a malformed external-data entry: {exc}") from None
-        size = files.setdefault(path, os.path.getsize(path))
-        if offset < 0 or (length is not None and (length < 0 or offset + length > size)):
+        if offset < 0 or (length is not None and length < 0):
             raise InvalidModelError(
-                f"tensor '{tensor.name}' reads bytes {offset}..{offset + (length or 0)} of "
+                f"tensor '{tensor.name}' has a negative external-data offset or length ({offset}, {length})"
+            )
+        needed = tensor_nbytes(tensor)
+        if length is not None and needed is not None and length < needed:
+            raise InvalidModelError(
+                f"tensor '{tensor.name}' needs {needed} bytes (dims {list(tensor.dims)}) but its external-data "
+                f"length is {length}"
+            )
+        end = offset + (length if length is not None else needed or 0)
+        size = files.setdefault(path, os.path.getsize(path))
+        if end > size:
+            raise InvalidModelError(
+                f"tensor '{tensor.name}' reads bytes {offset}..{end} of "
                 f"'{entries.get('location')}', which has only {size} bytes (truncated external data?)"
             )
     return sorted(files)

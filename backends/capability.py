@@ -1,0 +1,159 @@
+"""Capability tables: what a target's kernels can run quantized, declared as data.
+
+A table is an ordered tuple of ``PatternRow``s (fused patterns first: conv+relu before conv). Each row
+names an op chain, how its tensors are quantized (its ``kind``), the precisions the target's kernels
+support for it, and an optional check that explains a refusal in words ("MatMul with two activations:
+HTP v68 needs 8-bit"). The annotator (``onnxq.quant.annotate``) walks the graph with the table; nothing in
+the core asks which backend it is talking to.
+
+Row kinds:
+  COMPUTE      weights (constant inputs) quantized per channel, activation inputs and output per tensor,
+               bias int32 with scale s_act·s_w (Conv, ConvTranspose, Gemm, MatMul).
+  ELEMENTWISE  activation inputs and output quantized per tensor, but only next to quantized neighbours
+               (an Add between two float ops would only add conversions).
+  PASSTHROUGH  data movement (Reshape, Transpose, MaxPool, ...): the output shares the input's scale,
+               only when the input is already quantized.
+  SHARED       inputs and output share one scale (Concat); dissolved after calibration when the inputs'
+               ranges differ too much for one scale (the box-coordinates-with-scores trap).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import onnx_ir as ir
+
+from onnxq.quant.spec import QuantSpec, activation_spec
+
+
+class RowKind(enum.Enum):
+    COMPUTE = "compute"
+    ELEMENTWISE = "elementwise"
+    PASSTHROUGH = "passthrough"
+    SHARED = "shared"
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A named precision: activation spec plus weight dtype/granularity (axis is chosen per op)."""
+
+    name: str
+    activation: QuantSpec
+    weight_dtype: str | None = "int8"
+    weight_per_channel: bool = True
+    weight_block_size: int | None = None
+    #: cost order for fall-back: a layer moves from lower to higher ``level`` (float is above all)
+    level: int = 0
+
+    def describe(self) -> str:
+        weights = "float weights" if self.weight_dtype is None else (
+            f"{self.weight_dtype} weights " + (
+                f"per-block {self.weight_block_size}" if self.weight_block_size else
+                "per-channel" if self.weight_per_channel else "per-tensor"
+            )
+        )
+        return f"{self.activation.dtype.label} activations, {weights}"
+
+
+@dataclass(frozen=True)
+class Match:
+    """A matched op chain: ``nodes[0]`` is the anchor, each next node the single consumer of the last."""
+
+    nodes: tuple[ir.Node, ...]
+    variant: str
+
+    @property
+    def anchor(self) -> ir.Node:
+        return self.nodes[0]
+
+    @property
+    def last(self) -> ir.Node:
+        return self.nodes[-1]
+
+
+#: A check returns None to accept a match, or the reason it is refused.
+Check = Callable[[Match], str | None]
+#: Axis of the output channels of a constant weight input, for per-channel quantization.
+WeightAxis = Callable[[ir.Node, int], int | None]
+
+
+@dataclass(frozen=True)
+class PatternRow:
+    name: str
+    ops: tuple[str, ...]
+    kind: RowKind
+    precisions: tuple[str, ...]
+    weight_inputs: tuple[int, ...] = ()
+    weight_axis: WeightAxis | None = None
+    bias_input: int | None = None
+    check: Check | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class CapabilityTable:
+    """A target variant's capability table; ``describe()`` prints it in words (``onnxq targets``)."""
+
+    target: str
+    summary: str
+    rows: tuple[PatternRow, ...]
+    precisions: dict[str, Precision]
+    default_precision: str
+    #: the precision a harmful layer moves to before it falls back to float (None: straight to float)
+    fallback_precision: str | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.default_precision not in self.precisions:
+            raise ValueError(f"{self.target}: default precision '{self.default_precision}' is not declared")
+        for row in self.rows:
+            unknown = set(row.precisions) - set(self.precisions)
+            if unknown:
+                raise ValueError(f"{self.target}: row '{row.name}' names undeclared precisions {sorted(unknown)}")
+
+    def rows_for(self, op_type: str) -> list[PatternRow]:
+        return [row for row in self.rows if row.ops[0] == op_type]
+
+    def describe(self) -> str:
+        lines = [f"{self.target}: {self.summary}", "precisions:"]
+        for name, precision in self.precisions.items():
+            mark = " (default)" if name == self.default_precision else ""
+            lines.append(f"  {name}{mark}: {precision.describe()}")
+        lines.append("patterns, in match order:")
+        for row in self.rows:
+            chain = "+".join(row.ops)
+            lines.append(f"  {row.name:<22} {chain:<28} {row.kind.value:<12} {', '.join(row.precisions)}")
+            if row.note:
+                lines.append(f"  {'':<22} {row.note}")
+        lines.extend(f"note: {note}" for note in self.notes)
+        return "\n".join(lines)
+
+
+def a8w8(level: int = 0, *, activation: str = "uint8", weight: str = "int8") -> Precision:
+    return Precision("a8w8", activation_spec(activation), weight, level=level)
+
+
+def a16w8(level: int = 1, *, activation: str = "uint16", weight: str = "int8") -> Precision:
+    return Precision("a16w8", activation_spec(activation), weight, level=level)
+
+
+def conv_weight_axis(node: ir.Node, index: int) -> int | None:
+    """Conv: W[C_out, C_in/g, k...] → axis 0. ConvTranspose: W[C_in, C_out/g, k...] → axis 1."""
+    if index != 1:
+        return None
+    return 1 if node.op_type == "ConvTranspose" else 0
+
+
+def gemm_weight_axis(node: ir.Node, index: int) -> int | None:
+    """Gemm B is [K, N] (axis 1) or [N, K] with transB (axis 0); A as a weight is rare: per-tensor."""
+    if index != 1:
+        return None
+    trans_b = node.attributes.get("transB")
+    return 0 if trans_b is not None and trans_b.value else 1
+
+
+def matmul_weight_axis(node: ir.Node, index: int) -> int | None:
+    """MatMul B is [..., K, N]: output channels on the last axis."""
+    return -1 if index == 1 else None

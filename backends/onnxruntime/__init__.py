@@ -1,0 +1,28 @@
+"""ONNX Runtime CPU backend: capability table and runner (the reference target)."""
+
+from __future__ import annotations
+
+from onnxq.backends.base import Backend
+from onnxq.backends.capability import CapabilityTable
+from onnxq.backends.onnxruntime.table import build_table
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "ort"
+    variants = {
+        "x86": "x86-64 CPU: uint8 activations, int8 per-channel weights (U8S8)",
+        "arm64": "arm64 CPU: int8 activations, int8 per-channel weights (S8S8)",
+    }
+
+    def _table_impl(self, variant: str) -> CapabilityTable:
+        return build_table(variant)
+
+    def _session_impl(self, model: bytes | str, *, optimize: bool):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.graph_optimization_level = (
+            ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        )
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])

@@ -1,0 +1,120 @@
+"""ONNX Runtime CPU capability table (x86-64 with AVX2/AVX-512 VNNI, and arm64).
+
+What ORT's CPU kernels run in int8 after its QDQ fusions (DQ → op → Q becomes QLinearConv, QLinearMatMul,
+MatMulIntegerToFloat, QLinearAdd, QLinearConcat, QLinearAveragePool, ...), so Q/DQ goes only where an int8
+kernel exists and is faster than float:
+
+* Conv/Gemm/MatMul are the work; ReLU/Clip after them fuse into the quantized output range.
+* U8S8 on x86: uint8 activations, int8 symmetric per-channel weights (S8S8 ran slower than FP32 here).
+  arm64: int8 activations (S8S8 kernels are the fast path there).
+* Elementwise ops, pooling and data movement are quantized only between quantized neighbours. Mul is
+  left float: it mostly sits inside GELU/SiLU/HardSwish/attention-scaling patterns that ORT fuses in float.
+* There are no int16 kernels: ``a16w8`` is accepted for accuracy but runs as float between Q/DQ pairs, so
+  it is never chosen by fall-back (a harmful layer goes straight back to float).
+"""
+
+from __future__ import annotations
+
+from onnxq.backends.capability import (
+    CapabilityTable,
+    Match,
+    PatternRow,
+    Precision,
+    RowKind,
+    conv_weight_axis,
+    gemm_weight_axis,
+    matmul_weight_axis,
+)
+from onnxq.quant.spec import activation_spec
+
+COMPUTE_PRECISIONS = ("a8w8", "a16w8")
+
+
+def _relu6_like(match: Match) -> str | None:
+    clip = match.last
+    if clip.op_type != "Clip":
+        return None
+    bounds = [v for v in clip.inputs[1:] if v is not None]
+    if any(v.const_value is None for v in bounds):
+        return "Clip with non-constant bounds cannot fuse into the quantized output"
+    return None
+
+
+def _matmul_ok(match: Match) -> str | None:
+    a, b = match.anchor.inputs[0], match.anchor.inputs[1]
+    if b.const_value is not None and len(b.const_value.shape) != 2:
+        return "MatMul with a batched constant weight has no int8 kernel"
+    if a.const_value is not None:
+        return "MatMul with a constant first input has no int8 kernel"
+    return None
+
+
+def _conv_ok(match: Match) -> str | None:
+    weight = match.anchor.inputs[1]
+    if weight is None or weight.const_value is None:
+        return f"{match.anchor.op_type} with a non-constant weight is not quantized"
+    if len(weight.const_value.shape) != 4:
+        return f"{match.anchor.op_type} {len(weight.const_value.shape) - 2}-D has no fast int8 kernel (2-D only)"
+    return None
+
+
+def _chain(check_first, check_last=None):
+    def check(match: Match) -> str | None:
+        return check_first(match) or (check_last(match) if check_last else None)
+
+    return check
+
+
+def _compute_rows() -> tuple[PatternRow, ...]:
+    conv = dict(kind=RowKind.COMPUTE, precisions=COMPUTE_PRECISIONS, weight_inputs=(1,),
+                weight_axis=conv_weight_axis, bias_input=2)
+    gemm = dict(kind=RowKind.COMPUTE, precisions=COMPUTE_PRECISIONS, weight_inputs=(1,),
+                weight_axis=gemm_weight_axis, bias_input=2)
+    matmul = dict(kind=RowKind.COMPUTE, precisions=COMPUTE_PRECISIONS, weight_inputs=(1,),
+                  weight_axis=matmul_weight_axis)
+    return (
+        PatternRow("conv+relu", ("Conv", "Relu"), check=_conv_ok, **conv),
+        PatternRow("conv+clip", ("Conv", "Clip"), check=_chain(_conv_ok, _relu6_like), **conv),
+        PatternRow("conv", ("Conv",), check=_conv_ok, **conv),
+        PatternRow("convtranspose", ("ConvTranspose",), check=_conv_ok, **conv),
+        PatternRow("gemm+relu", ("Gemm", "Relu"), **gemm),
+        PatternRow("gemm", ("Gemm",), **gemm),
+        PatternRow("matmul+relu", ("MatMul", "Relu"), check=_matmul_ok, **matmul),
+        PatternRow("matmul", ("MatMul",), check=_matmul_ok,
+                   note="two activations: both uint8 per-tensor (QLinearMatMul)", **matmul),
+    )
+
+
+def _neighbour_rows() -> tuple[PatternRow, ...]:
+    a8 = ("a8w8", "a16w8")
+    rows = [
+        PatternRow("add", ("Add",), RowKind.ELEMENTWISE, a8, note="QLinearAdd; residual branches"),
+        PatternRow("concat", ("Concat",), RowKind.SHARED, a8,
+                   note="one scale for inputs and output; dissolved when input ranges differ > 10x"),
+        PatternRow("averagepool", ("AveragePool",), RowKind.ELEMENTWISE, a8),
+        PatternRow("globalaveragepool", ("GlobalAveragePool",), RowKind.ELEMENTWISE, a8),
+    ]
+    for op in ("MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Resize", "Slice"):
+        rows.append(PatternRow(op.lower(), (op,), RowKind.PASSTHROUGH, a8))
+    return tuple(rows)
+
+
+def build_table(variant: str) -> CapabilityTable:
+    activation = "int8" if variant == "arm64" else "uint8"
+    precisions = {
+        "a8w8": Precision("a8w8", activation_spec(activation), "int8", level=0),
+        "a16w8": Precision("a16w8", activation_spec("uint16"), "int8", level=1),
+    }
+    return CapabilityTable(
+        target=f"ort:{variant}",
+        summary="ONNX Runtime CPU execution provider"
+        + (" on arm64 (S8S8)" if variant == "arm64" else " on x86-64 (U8S8, AVX2/AVX-512 VNNI)"),
+        rows=_compute_rows() + _neighbour_rows(),
+        precisions=precisions,
+        default_precision="a8w8",
+        fallback_precision=None,
+        notes=(
+            "a16w8 has no int16 kernels on CPU: accurate, but runs as float between Q/DQ pairs",
+            "graph outputs stay float; Sigmoid/Softmax heads are not quantized",
+        ),
+    )

@@ -1,0 +1,121 @@
+"""Exporting torch modules to ONNX the way third-party models are exported, and reproducibly.
+
+torch 2.13 still ships the TorchScript ("legacy") exporter behind ``dynamo=False``: it writes opsets 7-20
+with ``dynamic_axes`` and is what most ONNX files in the wild were made with, so opsets up to 17 use it.
+Opset 18 and above go through the dynamo exporter (``torch.export`` + onnxscript), which writes IR 10.
+
+``keep_batchnorm`` exists because both exporters fold BatchNormalization into the preceding Conv/Gemm by
+default (legacy: constant folding in eval mode; dynamo: its onnxscript optimizer), and the zoo wants BN
+nodes left in so our own ``fold-bn`` pass is exercised on real exporter output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+logger = logging.getLogger(__name__)
+
+#: Highest opset exported with the legacy exporter under ``exporter="auto"``.
+LEGACY_MAX_OPSET = 17
+#: IR version ceiling: old runtimes (and the third-party files we mimic) do not read newer IR.
+MAX_IR_VERSION = 10
+
+
+def choose_exporter(opset: int, exporter: str = "auto") -> str:
+    """Resolve ``auto`` to ``legacy`` (opset <= 17) or ``dynamo`` (opset >= 18) and check the pairing."""
+    if exporter == "auto":
+        return "legacy" if opset <= LEGACY_MAX_OPSET else "dynamo"
+    if exporter == "legacy" and not 7 <= opset <= 20:
+        raise ValueError(f"the legacy torch exporter writes opsets 7-20, not {opset}")
+    if exporter == "dynamo" and opset < 18:
+        raise ValueError(f"the dynamo torch exporter writes opset 18 or newer, not {opset}")
+    return exporter
+
+
+def export_torch(
+    module: Any,
+    example_inputs: tuple[Any, ...],
+    path: str | os.PathLike,
+    *,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic_axes: Mapping[str, Mapping[int, str]],
+    opset: int,
+    exporter: str = "auto",
+    keep_batchnorm: bool = False,
+) -> str:
+    """Export ``module`` (in eval mode) to ``path``; return a description like ``torch 2.13 legacy``.
+
+    The exporters' progress chatter goes to this module's logger at DEBUG, not to stdout.
+    """
+    import torch
+
+    kind = choose_exporter(opset, exporter)
+    path = Path(path)
+    module.eval()
+    chatter = io.StringIO()
+    with torch.no_grad(), contextlib.redirect_stdout(chatter), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if kind == "legacy":
+            torch.onnx.export(
+                module, example_inputs, str(path), dynamo=False, opset_version=opset,
+                input_names=list(input_names), output_names=list(output_names),
+                dynamic_axes={k: dict(v) for k, v in dynamic_axes.items()},
+                do_constant_folding=not keep_batchnorm,
+            )
+        else:
+            torch.onnx.export(
+                module, example_inputs, str(path), dynamo=True, opset_version=opset,
+                input_names=list(input_names), output_names=list(output_names),
+                dynamic_axes={k: dict(v) for k, v in dynamic_axes.items()},
+                optimize=not keep_batchnorm, external_data=False,
+            )
+    for line in chatter.getvalue().splitlines():
+        logger.debug("torch.onnx: %s", line)
+    _finalize(path, opset)
+    return f"torch {torch.__version__.split('+')[0]} {kind} exporter"
+
+
+def _finalize(path: Path, opset: int) -> None:
+    """Check the file, cap its IR version, and make sure the exporter kept the opset we asked for."""
+    model = onnx.load(str(path))
+    default = {o.domain: o.version for o in model.opset_import}.get("", None)
+    if default != opset:
+        raise RuntimeError(f"asked torch for opset {opset}, it wrote {default}")
+    if model.ir_version > MAX_IR_VERSION:
+        model.ir_version = MAX_IR_VERSION
+        onnx.save(model, str(path))
+    onnx.checker.check_model(model, full_check=True)
+
+
+def torch_outputs(
+    module: Any, inputs: Sequence[Any], output_names: Sequence[str], batch_size: int = 16
+) -> dict[str, Any]:
+    """Run ``module`` in eval mode over sample arrays (batch axis 0) and stack its outputs by name.
+
+    These are stored in the eval file as ``reference:<output>``: what the source framework computed, the
+    ground truth every ONNX rewrite of the model is compared with.
+    """
+    import numpy as np
+    import torch
+
+    module.eval()
+    collected: dict[str, list] = {name: [] for name in output_names}
+    total = len(inputs[0])
+    with torch.no_grad():
+        for start in range(0, total, batch_size):
+            args = [torch.from_numpy(np.ascontiguousarray(a[start:start + batch_size])) for a in inputs]
+            result = module(*args)
+            result = result if isinstance(result, tuple) else (result,)
+            for name, value in zip(output_names, result, strict=True):
+                collected[name].append(value.numpy())
+    return {name: np.concatenate(values) for name, values in collected.items()}

@@ -1,0 +1,141 @@
+"""CLI commands of quantization: ``quantize``, ``compare``, ``targets``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from onnxq import model_io, numerics
+from onnxq.backends.registry import all_targets, resolve_target
+from onnxq.cli_common import FLAGS, info, parse_input_shapes, progress_bar, stderr, stdout
+from onnxq.compare import compare_models
+from onnxq.quant.recipe import METHODS, Recipe
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(quantize)
+    app.command()(compare)
+    app.command()(targets)
+
+
+def quantize(
+    model: Annotated[Path, typer.Argument(help="input ONNX model (FP32)")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="output ONNX file")],
+    calib: Annotated[Path, typer.Option("--calib", help=".npz (one array per input) or a folder of .npz")],
+    target: Annotated[str, typer.Option("--target", help="ort | ort:arm64 (see `onnxq targets`)")] = "ort",
+    precision: Annotated[Optional[str], typer.Option("--precision", help="a8w8 | a16w8 (target default)")] = None,
+    method: Annotated[Optional[str], typer.Option("--method", help="|".join(METHODS))] = None,
+    percentile: Annotated[Optional[float], typer.Option("--percentile")] = None,
+    recipe_file: Annotated[Optional[Path], typer.Option("--recipe", help="TOML recipe with overrides")] = None,
+    max_error: Annotated[
+        Optional[float], typer.Option("--max-error", help="budget: worst relative L2 error of any output")
+    ] = None,
+    calibration_size: Annotated[Optional[int], typer.Option("--calibration-size", help="use at most N samples")] = None,
+    holdout: Annotated[Optional[int], typer.Option("--holdout", help="held-back samples for verification")] = None,
+    no_fallback: Annotated[bool, typer.Option("--no-fallback", help="report the error, do not fall back")] = False,
+    report_path: Annotated[Optional[Path], typer.Option("--report", help="write the JSON report here")] = None,
+    input_shape: Annotated[Optional[list[str]], typer.Option("--input-shape", help="NAME=1x3x224x224")] = None,
+) -> None:
+    """Quantize for a target: calibrate, insert Q/DQ, verify on the target runtime, fall back until the budget holds."""
+    from onnxq.quant.quantize import quantize as run_quantize
+
+    model_io.check_output_path(output, [model] if model.exists() else [])
+    resolved = resolve_target(target)
+    recipe = Recipe.from_toml(recipe_file) if recipe_file else Recipe()
+    recipe = recipe.with_options(
+        precision=precision, method=method, percentile=percentile, max_error=max_error,
+        calibration_size=calibration_size, holdout=holdout, fallback=False if no_fallback else None,
+    )
+    loaded = model_io.load_model(model)
+    fp32 = loaded.model
+    shapes = parse_input_shapes(input_shape)
+    if shapes:
+        from onnxq import api
+
+        fp32, _ = api.optimize(fp32, "fix-input-shapes,infer-shapes", input_shapes=shapes)
+    with progress_bar("quantizing") as update:
+        quantized, report = run_quantize(
+            fp32, calib, target=resolved, recipe=recipe, progress=lambda message: update(0, 0, message),
+        )
+    with progress_bar("validating and writing"):
+        model_io.save_model(quantized, output, protected=[loaded.path, *loaded.data_files])
+    # Speed on the target, measured interleaved against the FP32 input, on one held-back sample.
+    sample = next(iter(report_samples(calib, fp32, recipe)), None)
+    if sample is not None:
+        fp32_session = resolved.backend.session(str(loaded.path))
+        q_session = resolved.backend.session(str(output))
+        t_fp32, t_q = resolved.backend.time_sessions([fp32_session, q_session], sample, rounds=20)
+        report.speedup = t_fp32 / t_q if t_q > 0 else None
+    if report_path:
+        report_path.write_text(report.to_json())
+    if not FLAGS.quiet:
+        _print_report(report)
+    info(f"wrote {output}")
+
+
+def report_samples(calib, model, recipe: Recipe):
+    from onnxq.calibration import CalibrationData
+
+    data = CalibrationData.from_source(calib, model, limit=1, holdout=0)
+    return iter(data)
+
+
+def _print_report(report) -> None:
+    verdict = "[green]within budget[/]" if report.budget_met else "[red]over budget[/]"
+    stderr.print(
+        f"target {report.target}, {report.precision}, {report.method}: worst output error {report.error:.4f} "
+        f"(budget {report.max_error:g}) {verdict}; {len(report.layers)} layers quantized, "
+        f"{len(report.kept_float)} kept float, {len(report.rounds)} verification rounds"
+    )
+    if report.speedup:
+        stderr.print(f"measured speed-up over FP32 on this machine: {report.speedup:.2f}x")
+    if report.kept_float and FLAGS.verbose:
+        table = Table("node", "kept float because")
+        for node, reason in sorted(report.kept_float.items()):
+            table.add_row(node, reason)
+        stderr.print(table)
+
+
+def compare(
+    model_a: Annotated[Path, typer.Argument(help="reference model (e.g. FP32)")],
+    model_b: Annotated[Path, typer.Argument(help="model to compare (e.g. quantized)")],
+    data: Annotated[Path, typer.Option("--data", help=".npz or folder of .npz with inputs")],
+    target: Annotated[str, typer.Option("--target")] = "ort",
+    samples: Annotated[int, typer.Option("--samples", help="at most this many samples")] = 64,
+    json_output: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Per-output error, top-1 agreement for classifier-like outputs, and latency ratio of B against A."""
+    from onnxq.calibration import CalibrationData
+
+    resolved = resolve_target(target)
+    a, b = model_io.load_model(model_a), model_io.load_model(model_b)
+    feeds = list(CalibrationData.from_source(data, a.model, limit=samples, holdout=0))
+    result = compare_models(numerics.model_bytes(a.model), numerics.model_bytes(b.model), feeds, resolved)
+    if json_output:
+        import json
+        from dataclasses import asdict
+
+        print(json.dumps({**asdict(result), "speedup": result.speedup}, indent=2, sort_keys=True))
+        return
+    table = Table("output", "rel. L2 error", "SQNR dB", "top-1 agreement")
+    for out in result.outputs:
+        top1 = "" if out.top1_agreement is None else f"{100 * out.top1_agreement:.1f}%"
+        table.add_row(out.name, f"{out.relative_l2:.4g}", f"{out.sqnr_db:.1f}", top1)
+    stdout.print(table)
+    if result.speedup:
+        stdout.print(f"latency: A {result.latency_a_ms:.2f} ms, B {result.latency_b_ms:.2f} ms: B is "
+                     f"{result.speedup:.2f}x as fast ({result.samples} samples)")
+
+
+def targets(
+    target: Annotated[Optional[str], typer.Argument(help="a target to describe in full")] = None,
+) -> None:
+    """List targets, or print one target's capability table in words."""
+    if target:
+        stdout.print(resolve_target(target).table().describe(), highlight=False, soft_wrap=True)
+        return
+    for t in all_targets():
+        stdout.print(f"{t.name:<14} {t.backend.variants[t.variant]}", soft_wrap=True)

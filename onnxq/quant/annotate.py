@@ -1,0 +1,273 @@
+"""Annotation: walk the graph with a target's capability table and decide what gets quantized how.
+
+Two sweeps in topological order:
+  1. COMPUTE rows (Conv, Gemm, MatMul, ... with fused activations) claim their op chains.
+  2. ELEMENTWISE / PASSTHROUGH / SHARED rows claim an op only when one of its inputs is already quantized,
+     so no Q/DQ pair is added where it would only add conversions.
+A row whose check refuses a node records the reason; the plan keeps every decision for the report.
+
+The result, a ``QuantPlan``, is backend-free data: which activation tensors get which spec (with groups of
+tensors that must share a scale), which weights are quantized on which axis, which biases are derived.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from dataclasses import dataclass, field
+
+import onnx_ir as ir
+from onnx_ir.passes.common import NameFixPass
+
+from onnxq.backends.capability import CapabilityTable, Match, PatternRow, Precision, RowKind
+from onnxq.quant.spec import QuantSpec, weight_spec
+
+logger = logging.getLogger(__name__)
+
+FLOAT = "float"
+#: node metadata set by fuse-activations on ops that form one unit (e.g. "silu"); never split by Q/DQ
+PATTERN_KEY = "onnxq.pattern"
+
+
+@dataclass
+class Annotation:
+    row: PatternRow
+    nodes: tuple[ir.Node, ...]
+    precision: str
+
+    @property
+    def name(self) -> str:
+        return self.nodes[0].name or ""
+
+    @property
+    def output(self) -> ir.Value:
+        return self.nodes[-1].outputs[0]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Why a node is not quantized (refused by the table, excluded by the recipe or by fall-back)."""
+
+    node: str
+    op_type: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class WeightUse:
+    node: ir.Node
+    input_index: int
+    spec: QuantSpec
+
+
+@dataclass(frozen=True)
+class BiasUse:
+    node: ir.Node
+    input_index: int
+    activation: str
+    weight_index: int
+
+
+@dataclass
+class QuantPlan:
+    table: CapabilityTable
+    annotations: list[Annotation] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+
+    def by_node(self) -> dict[str, Annotation]:
+        return {node.name: a for a in self.annotations for node in a.nodes}
+
+    # -- what the engine needs -------------------------------------------------------------------------
+    def activation_specs(self) -> dict[str, QuantSpec]:
+        """Activation tensor name -> spec; where two annotations disagree the higher precision wins."""
+        specs: dict[str, QuantSpec] = {}
+        for annotation in self.annotations:
+            precision = self.table.precisions[annotation.precision]
+            for value in _activation_inputs(annotation) + _quantized_outputs(annotation):
+                current = specs.get(value.name)
+                if current is None or precision.activation.dtype.bits > current.dtype.bits:
+                    specs[value.name] = precision.activation
+        return specs
+
+    def shared_links(self) -> list[tuple[str, ...]]:
+        """Groups of tensor names that must share one scale (PASSTHROUGH and SHARED rows)."""
+        links = []
+        for annotation in self.annotations:
+            if annotation.row.kind in (RowKind.PASSTHROUGH, RowKind.SHARED):
+                names = [v.name for v in _activation_inputs(annotation) + _quantized_outputs(annotation)]
+                if len(names) > 1:
+                    links.append(tuple(names))
+        return links
+
+    def weights(self) -> list[WeightUse]:
+        uses = []
+        for annotation in self.annotations:
+            if annotation.row.kind is not RowKind.COMPUTE:
+                continue
+            precision = self.table.precisions[annotation.precision]
+            anchor = annotation.nodes[0]
+            for index in _weight_indices(annotation):
+                value = anchor.inputs[index]
+                axis = None
+                if precision.weight_per_channel and annotation.row.weight_axis is not None:
+                    axis = annotation.row.weight_axis(anchor, index)
+                    if axis is not None:
+                        axis %= len(value.const_value.shape)
+                uses.append(WeightUse(anchor, index, weight_spec(
+                    precision.weight_dtype, axis, block_size=precision.weight_block_size,
+                )))
+        return uses
+
+    def biases(self) -> list[BiasUse]:
+        uses = []
+        for annotation in self.annotations:
+            row, anchor = annotation.row, annotation.nodes[0]
+            if row.kind is not RowKind.COMPUTE or row.bias_input is None:
+                continue
+            weights = _weight_indices(annotation)
+            acts = _activation_inputs(annotation)
+            if (len(anchor.inputs) > row.bias_input and _is_constant(anchor.inputs[row.bias_input])
+                    and weights and len(acts) == 1):
+                uses.append(BiasUse(anchor, row.bias_input, acts[0].name, weights[0]))
+        return uses
+
+
+def _is_constant(value: ir.Value | None) -> bool:
+    return value is not None and value.const_value is not None
+
+
+def _weight_indices(annotation: Annotation) -> list[int]:
+    anchor = annotation.nodes[0]
+    return [
+        i for i in annotation.row.weight_inputs
+        if i < len(anchor.inputs) and _is_constant(anchor.inputs[i])
+    ]
+
+
+def _activation_inputs(annotation: Annotation) -> list[ir.Value]:
+    anchor, row = annotation.nodes[0], annotation.row
+    skip = set(row.weight_inputs) | ({row.bias_input} if row.bias_input is not None else set())
+    count = 1 if row.kind is RowKind.PASSTHROUGH else len(anchor.inputs)
+    return [
+        v for i, v in enumerate(anchor.inputs[:count])
+        if v is not None and i not in skip and not _is_constant(v) and _is_float(v)
+    ]
+
+
+def _quantized_outputs(annotation: Annotation) -> list[ir.Value]:
+    return [v for v in annotation.nodes[-1].outputs if v is not None and not v.is_graph_output() and _is_float(v)]
+
+
+def _is_float(value: ir.Value) -> bool:
+    return value.dtype is None or value.dtype in (ir.DataType.FLOAT, ir.DataType.FLOAT16)
+
+
+def _match_chain(node: ir.Node, row: PatternRow, variant: str) -> Match | None:
+    if node.op_type != row.ops[0] or node.domain not in ("", "ai.onnx"):
+        return None
+    chain = [node]
+    for op in row.ops[1:]:
+        out = chain[-1].outputs[0]
+        users = list(out.uses())
+        if out.is_graph_output() or len(users) != 1:
+            return None
+        nxt = users[0].node
+        if nxt.op_type != op or nxt.inputs[0] is not out:
+            return None
+        chain.append(nxt)
+    return Match(tuple(chain), variant)
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Recipe overrides: per op type or node-name glob, a precision name or "float"."""
+
+    rules: tuple[tuple[str, str], ...] = ()
+
+    def precision_for(self, node: ir.Node) -> str | None:
+        for pattern, precision in self.rules:
+            if pattern == node.op_type or fnmatch.fnmatchcase(node.name or "", pattern):
+                return precision
+        return None
+
+
+def annotate(
+    model: ir.Model,
+    table: CapabilityTable,
+    *,
+    variant: str = "",
+    precision: str | None = None,
+    overrides: Overrides = Overrides(),
+    forced: dict[str, str] | None = None,
+) -> QuantPlan:
+    """Build a ``QuantPlan``. ``forced`` maps node names to a precision or "float" (fall-back decisions)."""
+    precision = precision or table.default_precision
+    forced = forced or {}
+    NameFixPass()(model)  # decisions and fall-back refer to nodes by (unique) name
+    plan = QuantPlan(table)
+    claimed: set[int] = set()
+    quantized: set[str] = set()
+    nodes = list(model.graph)
+
+    def choose(node: ir.Node, row: PatternRow) -> str | None:
+        wanted = forced.get(node.name) or overrides.precision_for(node) or precision
+        if wanted == FLOAT:
+            reason = "kept float by fall-back" if node.name in forced else "excluded by the recipe"
+            plan.decisions.append(Decision(node.name, node.op_type, reason))
+            return None
+        if wanted not in row.precisions:
+            usable = [p for p in row.precisions if p in table.precisions]
+            if not usable:
+                return None
+            fallback = usable[0]
+            logger.debug("%s: %s not supported by row %s, using %s", node.name, wanted, row.name, fallback)
+            return fallback
+        return wanted
+
+    def sweep(kinds: set[RowKind]) -> None:
+        for node in nodes:
+            if id(node) in claimed:
+                continue
+            if node.metadata_props.get(PATTERN_KEY):
+                continue  # part of a recognised unit (SiLU, HardSwish): runtimes fuse it in float
+            refusal = None
+            for row in table.rows_for(node.op_type):
+                if row.kind not in kinds:
+                    continue
+                match = _match_chain(node, row, variant)
+                if match is None:
+                    continue
+                if row.kind is not RowKind.COMPUTE and not any(
+                    v is not None and v.name in quantized for v in node.inputs
+                ):
+                    refusal = refusal or "no quantized neighbour (Q/DQ here would only add conversions)"
+                    continue
+                reason = row.check(match) if row.check else None
+                if reason:
+                    refusal = reason
+                    continue
+                chosen = choose(node, row)
+                if chosen is None:
+                    refusal = None
+                    break
+                annotation = Annotation(row, match.nodes, chosen)
+                if row.kind is RowKind.COMPUTE and not _activation_inputs(annotation):
+                    refusal = "no float activation input"
+                    continue
+                plan.annotations.append(annotation)
+                claimed.update(id(n) for n in match.nodes)
+                quantized.update(v.name for v in _quantized_outputs(annotation))
+                quantized.update(v.name for v in _activation_inputs(annotation))
+                refusal = None
+                break
+            if refusal and RowKind.COMPUTE in kinds:
+                plan.decisions.append(Decision(node.name, node.op_type, refusal))
+
+    sweep({RowKind.COMPUTE})
+    sweep({RowKind.ELEMENTWISE, RowKind.PASSTHROUGH, RowKind.SHARED})
+    return plan
+
+
+def precision_of(plan: QuantPlan, name: str) -> Precision | None:
+    annotation = plan.by_node().get(name)
+    return plan.table.precisions[annotation.precision] if annotation else None

@@ -1,0 +1,106 @@
+"""The one engine that decides *how* to quantize, whatever the target: ranges → parameters → QDQ model.
+
+Given the FP32 model, a plan (from the target's table) and calibrated statistics:
+  1. tensors linked by PASSTHROUGH/SHARED rows are grouped (union-find) and share the union of their ranges;
+  2. a SHARED group (Concat) whose members' ranges differ by more than ``SHARED_RANGE_RATIO`` is dissolved:
+     one scale for box coordinates (0..640) and scores (0..1) would flatten the scores to a few levels;
+  3. scales/zero points per group, weights quantized per channel, biases derived, Q/DQ inserted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxq.backends.capability import RowKind
+from onnxq.quant import qparams
+from onnxq.quant.annotate import Decision, QuantPlan
+from onnxq.quant.insert_qdq import TensorQParams, insert_qdq
+
+logger = logging.getLogger(__name__)
+
+#: Largest ratio of members' max-abs ranges that may still share one scale.
+SHARED_RANGE_RATIO = 10.0
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def find(self, x: str) -> str:
+        self.parent.setdefault(x, x)
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)  # deterministic root
+
+
+def tensor_range(stats, name: str, spec, method: str, percentile: float) -> tuple[float, float]:
+    rmin, rmax = stats[name].range(method, qdtype=spec.dtype, symmetric=spec.symmetric, percentile=percentile)
+    return float(np.min(rmin)), float(np.max(rmax))
+
+
+def mismatched_shared_nodes(plan: QuantPlan, stats: Mapping, method: str, percentile: float) -> list[Decision]:
+    """SHARED annotations whose members' ranges are too different for one scale."""
+    specs = plan.activation_specs()
+    decisions = []
+    for annotation in plan.annotations:
+        if annotation.row.kind is not RowKind.SHARED:
+            continue
+        names = [v.name for v in annotation.nodes[0].inputs if v is not None and v.name in specs and v.name in stats]
+        amax = [max(abs(x) for x in tensor_range(stats, n, specs[n], method, percentile)) for n in names]
+        amax = [a for a in amax if a > 0]
+        if len(amax) > 1 and max(amax) / min(amax) > SHARED_RANGE_RATIO:
+            ratio = max(amax) / min(amax)
+            decisions.append(Decision(
+                annotation.nodes[0].name, annotation.nodes[0].op_type,
+                f"inputs' ranges differ {ratio:.0f}x (e.g. box coordinates with scores): one shared scale would "
+                "flatten the small ones; kept float",
+            ))
+    return decisions
+
+
+def activation_qparams(
+    plan: QuantPlan, stats: Mapping, *, method: str, percentile: float
+) -> dict[str, TensorQParams]:
+    specs = plan.activation_specs()
+    groups = _UnionFind()
+    for name in specs:
+        groups.find(name)
+    for link in plan.shared_links():
+        members = [n for n in link if n in specs]
+        for other in members[1:]:
+            groups.union(members[0], other)
+    ranges: dict[str, tuple[float, float]] = {}
+    for name, spec in specs.items():
+        if name not in stats:
+            logger.warning("no calibration statistics for '%s'; it stays float", name)
+            continue
+        lo, hi = tensor_range(stats, name, spec, method, percentile)
+        root = groups.find(name)
+        old = ranges.get(root)
+        ranges[root] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
+    result = {}
+    for name, spec in specs.items():
+        root = groups.find(name)
+        if root not in ranges:
+            continue
+        # Members of a group share the widest spec (a 16-bit member makes the whole group 16-bit).
+        group_spec = max((specs[m] for m in specs if groups.find(m) == root), key=lambda s: s.dtype.bits)
+        scale, zero = qparams.qparams_from_range(*ranges[root], group_spec, name=name)
+        result[name] = TensorQParams(scale, zero, group_spec)
+    return result
+
+
+def build_qdq_model(model: ir.Model, plan: QuantPlan, stats: Mapping, *, method: str, percentile: float) -> int:
+    """Insert Q/DQ into ``model`` (the one ``plan`` was annotated on). Returns the Q/DQ node count."""
+    params = activation_qparams(plan, stats, method=method, percentile=percentile)
+    return insert_qdq(model, plan, params)

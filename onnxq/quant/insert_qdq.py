@@ -1,0 +1,190 @@
+"""Q/DQ insertion: turn a ``QuantPlan`` plus calibrated parameters into a standard QDQ ONNX model.
+
+* Activation T: ``T → QuantizeLinear → DequantizeLinear → T_dq``; every node that read T reads T_dq (graph
+  outputs keep reading the float T). One pair per tensor, shared by all consumers, as runtimes expect.
+* Weight W (per-channel on the op's output-channel axis): stored quantized, ``DequantizeLinear(W_q, s, z,
+  axis)`` feeds the op.
+* Bias b of Conv/Gemm: int32 with ``s_b = s_act · s_w`` and zero point 0, so runtimes fuse it exactly.
+
+The model's default opset is raised first when a spec needs it (per-channel 13, 16/4-bit 21).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxq import runtime_compat
+from onnxq.errors import OpsetError
+from onnxq.quant import qparams
+from onnxq.quant.annotate import QuantPlan
+from onnxq.quant.spec import QuantSpec
+
+logger = logging.getLogger(__name__)
+
+INT32_MAX = np.iinfo(np.int32).max
+
+
+@dataclass(frozen=True)
+class TensorQParams:
+    scale: np.ndarray
+    zero_point: np.ndarray
+    spec: QuantSpec
+
+
+class _Names:
+    """Deterministic unique names for new values, nodes and initializers."""
+
+    def __init__(self, model: ir.Model):
+        self.taken = {v.name for v in model.graph.inputs} | set(model.graph.initializers)
+        for node in ir.traversal.RecursiveGraphIterator(model.graph):
+            self.taken.add(node.name)
+            self.taken.update(v.name for v in node.outputs)
+
+    def __call__(self, base: str) -> str:
+        name, i = base, 1
+        while name in self.taken:
+            name, i = f"{base}_{i}", i + 1
+        self.taken.add(name)
+        return name
+
+
+def _const(model: ir.Model, names: _Names, base: str, array: np.ndarray) -> ir.Value:
+    name = names(base)
+    value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
+    value.shape, value.dtype = value.const_value.shape, value.const_value.dtype
+    model.graph.register_initializer(value)
+    return value
+
+
+def _value_index(model: ir.Model) -> dict[str, ir.Value]:
+    values = {v.name: v for v in model.graph.inputs}
+    for node in model.graph:
+        for out in node.outputs:
+            values[out.name] = out
+    return values
+
+
+def required_opset(plan: QuantPlan) -> int:
+    needed = 10
+    for spec in plan.activation_specs().values():
+        needed = max(needed, spec.min_opset)
+    for use in plan.weights():
+        needed = max(needed, use.spec.min_opset)
+    if plan.biases():
+        needed = max(needed, 13)
+    return needed
+
+
+def insert_qdq(model: ir.Model, plan: QuantPlan, activations: dict[str, TensorQParams]) -> int:
+    """Insert Q/DQ in place for ``activations`` (name → params) and the plan's weights and biases.
+
+    Returns the number of Q/DQ nodes added. The plan's node references must belong to ``model``.
+    """
+    # Read the plan before touching the graph: weights stop looking constant once DQ feeds them.
+    weight_uses, bias_uses = plan.weights(), plan.biases()
+    needed = required_opset(plan)
+    if runtime_compat.default_opset(model) < needed:
+        # Raising the opset rebuilds the graph, which would orphan the plan's node references.
+        raise OpsetError(
+            f"the plan needs opset {needed} (per-channel/16-bit Q/DQ); raise the model's opset before annotating"
+        )
+    names = _Names(model)
+    values = _value_index(model)
+    added = 0
+    weight_scales: dict[tuple[int, int], np.ndarray] = {}
+
+    for name in sorted(activations):
+        value = values.get(name)
+        if value is None:
+            logger.warning("tensor '%s' of the plan is not in the graph; skipped", name)
+            continue
+        params = activations[name]
+        uses = [(use.node, use.idx) for use in value.uses()]
+        if not uses:
+            continue
+        scale = _const(model, names, f"{name}_scale", np.asarray(params.scale, np.float32).reshape(()))
+        zero = _const(model, names, f"{name}_zero_point", np.asarray(params.zero_point).reshape(()))
+        q = ir.node("QuantizeLinear", [value, scale, zero], name=names(f"{name}_QuantizeLinear"))
+        q.outputs[0].name = names(f"{name}_quantized")
+        dq = ir.node("DequantizeLinear", [q.outputs[0], scale, zero], name=names(f"{name}_DequantizeLinear"))
+        dq.outputs[0].name = names(f"{name}_dequantized")
+        _copy_type(value, dq.outputs[0])
+        producer = value.producer()
+        if producer is None:
+            model.graph.insert_before(next(iter(model.graph)), [q, dq])
+        else:
+            model.graph.insert_after(producer, [q, dq])
+        for node, index in uses:
+            node.replace_input_with(index, dq.outputs[0])
+        added += 2
+
+    for use in sorted(weight_uses, key=lambda u: (u.node.name, u.input_index)):
+        weight = use.node.inputs[use.input_index]
+        array = weight.const_value.numpy()
+        q_array, scale, zero = qparams.quantize_weight(array, use.spec, name=weight.name)
+        base = weight.name
+        attributes = {}
+        if use.spec.axis is not None:
+            attributes["axis"] = use.spec.axis
+        if use.spec.block_size is not None:
+            attributes["block_size"] = use.spec.block_size
+        q_value = _const(model, names, f"{base}_quantized", q_array)
+        scale_value = _const(model, names, f"{base}_scale", scale if scale.ndim else scale.reshape(()))
+        zero_value = _const(model, names, f"{base}_zero_point", zero if zero.ndim else zero.reshape(()))
+        dq = ir.node("DequantizeLinear", [q_value, scale_value, zero_value], attributes=attributes,
+                     name=names(f"{base}_DequantizeLinear"))
+        dq.outputs[0].name = names(f"{base}_dequantized")
+        _copy_type(weight, dq.outputs[0])
+        model.graph.insert_before(use.node, [dq])
+        use.node.replace_input_with(use.input_index, dq.outputs[0])
+        weight_scales[(id(use.node), use.input_index)] = scale
+        added += 1
+
+    for use in sorted(bias_uses, key=lambda u: u.node.name):
+        act = activations.get(use.activation)
+        w_scale = weight_scales.get((id(use.node), use.weight_index))
+        bias = use.node.inputs[use.input_index]
+        if act is None or w_scale is None or bias is None:
+            continue
+        bias_scale = (np.float64(act.scale) * w_scale.astype(np.float64)).astype(np.float32)
+        b = bias.const_value.numpy().astype(np.float64)
+        q = np.round(b / np.where(bias_scale > 0, bias_scale, 1.0))
+        if np.any(np.abs(q) > INT32_MAX):
+            logger.warning("bias '%s' overflows int32 at scale s_act·s_w; clipped", bias.name)
+        q = np.clip(q, -INT32_MAX, INT32_MAX).astype(np.int32)
+        base = bias.name
+        q_value = _const(model, names, f"{base}_quantized", q)
+        scale_value = _const(model, names, f"{base}_scale", bias_scale.reshape(q.shape) if bias_scale.ndim else
+                             bias_scale.reshape(()))
+        zero_value = _const(model, names, f"{base}_zero_point", np.zeros(q.shape if bias_scale.ndim else (),
+                                                                        np.int32))
+        attributes = {"axis": 0} if bias_scale.ndim else {}
+        dq = ir.node("DequantizeLinear", [q_value, scale_value, zero_value], attributes=attributes,
+                     name=names(f"{base}_DequantizeLinear"))
+        dq.outputs[0].name = names(f"{base}_dequantized")
+        _copy_type(bias, dq.outputs[0])
+        model.graph.insert_before(use.node, [dq])
+        use.node.replace_input_with(use.input_index, dq.outputs[0])
+        added += 1
+
+    _remove_unused_initializers(model)
+    return added
+
+
+def _copy_type(source: ir.Value, target: ir.Value) -> None:
+    if source.dtype is not None:
+        target.dtype = source.dtype
+    if source.shape is not None:
+        target.shape = source.shape
+
+
+def _remove_unused_initializers(model: ir.Model) -> None:
+    graph_inputs = {v.name for v in model.graph.inputs}
+    for name in list(model.graph.initializers):
+        value = model.graph.initializers[name]
+        if not list(value.uses()) and not value.is_graph_output() and name not in graph_inputs:
+            del model.graph.initializers[name]

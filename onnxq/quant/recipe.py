@@ -1,0 +1,82 @@
+"""Quantization recipe: the target's defaults, overridable from a TOML file and CLI flags.
+
+    # recipe.toml
+    precision = "a8w8"          # default precision for the target
+    method = "percentile"       # minmax | percentile | entropy | mse
+    percentile = 99.99
+    calibration_size = 128
+    holdout = 16                # held-back calibration samples used to verify
+    max_error = 0.1             # budget: relative L2 error of every output on the held-back samples
+    moving_average = 0.01       # optional, minmax only
+    [precision_by]              # op type or node-name glob -> precision name or "float"
+    Softmax = "float"
+    "/head/*" = "a16w8"
+    exclude = ["/model.22/*"]   # node-name globs or op types kept float
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from onnxq.errors import OptionError
+from onnxq.quant.annotate import FLOAT, Overrides
+
+METHODS = ("minmax", "percentile", "entropy", "mse")
+#: Default accuracy budget: worst relative L2 error ||q − f|| / ||f|| over outputs on held-back samples.
+#: 0.1 (20 dB SQNR) kept top-1 agreement ≥ 97% on the zoo's classifiers (see BENCHMARKS.md).
+DEFAULT_MAX_ERROR = 0.1
+
+
+@dataclass(frozen=True)
+class Recipe:
+    precision: str | None = None
+    method: str = "minmax"
+    percentile: float = 99.999
+    moving_average: float | None = None
+    calibration_size: int | None = None
+    holdout: int = 16
+    max_error: float = DEFAULT_MAX_ERROR
+    fallback: bool = True
+    precision_by: dict[str, str] = field(default_factory=dict)
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise OptionError(f"unknown calibration method '{self.method}'; known: {', '.join(METHODS)}")
+        if not 50.0 < self.percentile <= 100.0:
+            raise OptionError(f"percentile must be in (50, 100], got {self.percentile}")
+        if self.max_error <= 0:
+            raise OptionError(f"max_error must be positive, got {self.max_error}")
+        if self.holdout < 0 or (self.calibration_size is not None and self.calibration_size < 1):
+            raise OptionError("holdout must be >= 0 and calibration_size >= 1")
+        if self.moving_average is not None and not 0 < self.moving_average <= 1:
+            raise OptionError(f"moving_average must be in (0, 1], got {self.moving_average}")
+
+    def overrides(self) -> Overrides:
+        rules = tuple((pattern, FLOAT) for pattern in self.exclude)
+        return Overrides(rules + tuple(sorted(self.precision_by.items())))
+
+    def with_options(self, **options) -> Recipe:
+        """Apply CLI flags that were given (None means not given)."""
+        return replace(self, **{k: v for k, v in options.items() if v is not None})
+
+    @classmethod
+    def from_toml(cls, path: Path) -> Recipe:
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise OptionError(f"recipe file '{path}' does not exist") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise OptionError(f"recipe file '{path}' is not valid TOML: {exc}") from None
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise OptionError(f"recipe '{path}': unknown keys {unknown}; known: {', '.join(sorted(known))}")
+        if "exclude" in data:
+            data["exclude"] = tuple(data["exclude"])
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise OptionError(f"recipe '{path}': {exc}") from None

@@ -1,0 +1,188 @@
+"""Q/DQ placement per pattern on the ORT table: fused activations, bias, Concat sharing, residual Add."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from quant_helpers import naive_stats, parse
+
+from onnxq import numerics
+from onnxq.backends.registry import resolve_target
+from onnxq.quant import metrics
+from onnxq.quant.annotate import annotate
+from onnxq.quant.engine import build_qdq_model, mismatched_shared_nodes
+
+TABLE = resolve_target("ort").table()
+
+
+def _weights(rng, shape, scale=0.3):
+    return ", ".join(f"{v:.5f}" for v in rng.normal(0, scale, shape).ravel())
+
+
+def _quantize(model: ir.Model, samples, forced=None):
+    plan = annotate(model, TABLE, forced=forced)
+    stats = naive_stats(model, sorted(plan.activation_specs()), samples)
+    build_qdq_model(model, plan, stats, method="minmax", percentile=100.0)
+    proto = ir.to_proto(model)
+    onnx.checker.check_model(proto, full_check=True)
+    return plan, proto
+
+
+def _samples(shape, n=8, seed=0):
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.standard_normal(shape).astype(np.float32)} for _ in range(n)]
+
+
+def _init(proto, name):
+    return onnx.numpy_helper.to_array(next(t for t in proto.graph.initializer if t.name == name))
+
+
+def _producer(proto, output):
+    return next(n for n in proto.graph.node if output in n.output)
+
+
+def conv_relu_model(rng) -> str:
+    return f"""
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float[1, 3, 8, 8] x) => (float[1, 4, 8, 8] y) <float[4, 3, 3, 3] w = {{{_weights(rng, (4, 3, 3, 3))}}},
+        float[4] b = {{0.1, -0.2, 0.3, 0.05}}, float[4, 4, 1, 1] w2 = {{{_weights(rng, (4, 4, 1, 1))}}}> {{
+      c = Conv <pads = [1, 1, 1, 1]> (x, w, b)
+      r = Relu(c)
+      y = Conv(r, w2)
+    }}
+    """
+
+
+def test_conv_relu_fuses_and_bias_is_derived():
+    rng = np.random.default_rng(0)
+    model = parse(conv_relu_model(rng))
+    samples = _samples((1, 3, 8, 8))
+    reference = [numerics.run_model(model, s) for s in samples]
+    plan, proto = _quantize(model, samples)
+    assert [a.row.name for a in plan.annotations] == ["conv+relu", "conv"]
+    ops = Counter(n.op_type for n in proto.graph.node)
+    # x and r get Q/DQ; w, b, w2 get DQ; y is a graph output: stays float.
+    assert ops["QuantizeLinear"] == 2 and ops["DequantizeLinear"] == 5
+    relu = next(n for n in proto.graph.node if n.op_type == "Relu")
+    assert _producer(proto, relu.input[0]).op_type == "Conv"  # no Q/DQ between Conv and Relu
+    conv = next(n for n in proto.graph.node if n.op_type == "Conv" and len(n.input) == 3)
+    bias_dq = _producer(proto, conv.input[2])
+    bias_q = _init(proto, bias_dq.input[0])
+    assert bias_q.dtype == np.int32
+    s_act = _init(proto, _producer(proto, conv.input[0]).input[1])
+    s_w = _init(proto, _producer(proto, conv.input[1]).input[1])
+    np.testing.assert_allclose(_init(proto, bias_dq.input[1]), s_act * s_w, rtol=1e-6)
+    assert next(a.i for a in _producer(proto, conv.input[1]).attribute if a.name == "axis") == 0
+    got = [numerics.run_model(proto.SerializeToString(), s) for s in samples]
+    assert metrics.output_errors(reference, got)["y"] < 0.05
+
+
+def test_concat_inputs_share_one_scale():
+    rng = np.random.default_rng(1)
+    model = parse(f"""
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float[1, 3, 8, 8] x) => (float[1, 2, 8, 8] y) <float[4, 3, 1, 1] wa = {{{_weights(rng, (4, 3, 1, 1))}}},
+        float[4, 3, 1, 1] wb = {{{_weights(rng, (4, 3, 1, 1), 0.6)}}}, float[2, 8, 1, 1] wc = {{{_weights(rng, (2, 8, 1, 1))}}}> {{
+      a = Conv(x, wa)
+      b = Conv(x, wb)
+      c = Concat <axis = 1> (a, b)
+      y = Conv(c, wc)
+    }}
+    """)
+    plan, proto = _quantize(model, _samples((1, 3, 8, 8)))
+    assert "concat" in [a.row.name for a in plan.annotations]
+    scales = {}
+    for node in proto.graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] in ("a", "b", "c"):
+            scales[node.input[0]] = float(_init(proto, node.input[1]))
+    assert set(scales) == {"a", "b", "c"} and len(set(scales.values())) == 1
+
+
+def test_concat_of_boxes_and_scores_is_not_flattened():
+    """The YOLO-head trap: one per-tensor scale for coordinates (0..640) and scores (0..1)."""
+    rng = np.random.default_rng(2)
+    model = parse(f"""
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float[1, 8, 16] x) => (float[1, 16, 6] y) <float[4, 8, 1] wb = {{{_weights(rng, (4, 8, 1))}}},
+        float[2, 8, 1] ws = {{{_weights(rng, (2, 8, 1))}}}, float[1] k = {{640.0}}, float[6, 6] wh = {{{_weights(rng, (6, 6))}}}> {{
+      bx = Conv(x, wb)
+      sig = Sigmoid(bx)
+      boxes = Mul(sig, k)
+      sc = Conv(x, ws)
+      scores = Sigmoid(sc)
+      cat = Concat <axis = 1> (boxes, scores)
+      t = Transpose <perm = [0, 2, 1]> (cat)
+      y = MatMul(t, wh)
+    }}
+    """)
+    samples = _samples((1, 8, 16))
+    plan = annotate(model, TABLE)
+    assert "concat" in [a.row.name for a in plan.annotations] or not any(
+        a.row.name == "concat" for a in plan.annotations
+    )
+    stats = naive_stats(model, sorted(plan.activation_specs()), samples)
+    for decision in mismatched_shared_nodes(plan, stats, "minmax", 100.0):
+        assert decision.op_type == "Concat" and "ranges differ" in decision.reason
+
+
+def test_residual_add_between_quantized_convs_is_quantized():
+    rng = np.random.default_rng(3)
+    model = parse(f"""
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float[1, 4, 8, 8] x) => (float[1, 4, 8, 8] y) <float[4, 4, 3, 3] w1 = {{{_weights(rng, (4, 4, 3, 3))}}},
+        float[4, 4, 3, 3] w2 = {{{_weights(rng, (4, 4, 3, 3))}}}, float[4, 4, 1, 1] w3 = {{{_weights(rng, (4, 4, 1, 1))}}}> {{
+      c1 = Conv <pads = [1, 1, 1, 1]> (x, w1)
+      r1 = Relu(c1)
+      c2 = Conv <pads = [1, 1, 1, 1]> (r1, w2)
+      s = Add(c2, r1)
+      y = Conv(s, w3)
+    }}
+    """)
+    plan, proto = _quantize(model, _samples((1, 4, 8, 8)))
+    assert [a.row.name for a in plan.annotations] == ["conv+relu", "conv", "conv", "add"]
+    add = next(n for n in proto.graph.node if n.op_type == "Add")
+    assert all(_producer(proto, i).op_type == "DequantizeLinear" for i in add.input)
+
+
+def test_no_qdq_without_quantized_neighbours():
+    model = parse("""
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float[2, 4] x, float[2, 4] z) => (float[2, 4] y) { s = Add(x, z)  y = Relu(s) }
+    """)
+    plan = annotate(model, TABLE)
+    assert plan.annotations == []
+
+
+def test_forced_float_and_rank3_matmul_weight_axis():
+    rng = np.random.default_rng(4)
+    model = parse(f"""
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float[1, 5, 8] x) => (float[1, 5, 4] y) <float[8, 6] w1 = {{{_weights(rng, (8, 6))}}},
+        float[6, 4] w2 = {{{_weights(rng, (6, 4))}}}> {{
+      h = MatMul(x, w1)
+      y = MatMul(h, w2)
+    }}
+    """)
+    annotate(model, TABLE)  # names the nodes
+    names = [n.name for n in model.graph]
+    plan = annotate(model, TABLE, forced={names[1]: "float"})
+    assert [a.nodes[0].name for a in plan.annotations] == [names[0]]
+    assert [d.reason for d in plan.decisions] == ["kept float by fall-back"]
+    assert plan.weights()[0].spec.axis == 1  # [K, N]: output channels on the last axis
+
+
+@pytest.mark.parametrize("variant, dtype", [("x86", np.uint8), ("arm64", np.int8)])
+def test_activation_dtype_per_variant(variant, dtype):
+    rng = np.random.default_rng(5)
+    model = parse(conv_relu_model(rng))
+    table = resolve_target(f"ort:{variant}").table()
+    plan = annotate(model, table)
+    stats = naive_stats(model, sorted(plan.activation_specs()), _samples((1, 3, 8, 8)))
+    build_qdq_model(model, plan, stats, method="minmax", percentile=100.0)
+    proto = ir.to_proto(model)
+    q = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear")
+    assert _init(proto, q.input[2]).dtype == dtype
