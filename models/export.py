@@ -5,8 +5,9 @@ with ``dynamic_axes`` and is what most ONNX files in the wild were made with, so
 Opset 18 and above go through the dynamo exporter (``torch.export`` + onnxscript), which writes IR 10.
 
 ``keep_batchnorm`` exists because both exporters fold BatchNormalization into the preceding Conv/Gemm by
-default (legacy: constant folding in eval mode; dynamo: its onnxscript optimizer), and the zoo wants BN
-nodes left in so our own ``fold-bn`` pass is exercised on real exporter output.
+default (legacy: an eval-mode peephole; dynamo: its onnxscript optimizer), and the zoo wants BN nodes left
+in so our own ``fold-bn`` pass is exercised on real exporter output. Turning constant folding off instead
+would also keep BN, but leaves dozens of Cast/Shape nodes no real export has.
 """
 
 from __future__ import annotations
@@ -63,22 +64,28 @@ def export_torch(
     path = Path(path)
     module.eval()
     chatter = io.StringIO()
+    axes = {name: dict(dims) for name, dims in dynamic_axes.items()}
     with torch.no_grad(), contextlib.redirect_stdout(chatter), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if kind == "legacy":
+            # PRESERVE on an eval-mode module exports inference BatchNormalization but skips the eval-only
+            # peephole that fuses it into Conv; constant folding stays on, as in ordinary exports.
+            mode = torch.onnx.TrainingMode.PRESERVE if keep_batchnorm else torch.onnx.TrainingMode.EVAL
             torch.onnx.export(
-                module, example_inputs, str(path), dynamo=False, opset_version=opset,
-                input_names=list(input_names), output_names=list(output_names),
-                dynamic_axes={k: dict(v) for k, v in dynamic_axes.items()},
-                do_constant_folding=not keep_batchnorm,
+                module, example_inputs, str(path), dynamo=False, opset_version=opset, training=mode,
+                input_names=list(input_names), output_names=list(output_names), dynamic_axes=axes,
             )
         else:
-            torch.onnx.export(
-                module, example_inputs, str(path), dynamo=True, opset_version=opset,
-                input_names=list(input_names), output_names=list(output_names),
-                dynamic_axes={k: dict(v) for k, v in dynamic_axes.items()},
-                optimize=not keep_batchnorm, external_data=False,
+            program = torch.onnx.export(
+                module, example_inputs, dynamo=True, opset_version=opset, input_names=list(input_names),
+                output_names=list(output_names), dynamic_axes=axes, optimize=not keep_batchnorm,
             )
+            if keep_batchnorm:  # the exporter's optimizer would fuse BN: fold constants only
+                import onnxscript.optimizer
+
+                onnxscript.optimizer.fold_constants(program.model)
+                onnxscript.optimizer.remove_unused_nodes(program.model)
+            program.save(str(path), external_data=False)
     for line in chatter.getvalue().splitlines():
         logger.debug("torch.onnx: %s", line)
     _finalize(path, opset)

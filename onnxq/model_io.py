@@ -119,19 +119,25 @@ def _quiet_serde() -> Iterator[None]:
 
 
 def _check_with_onnx_checker(proto: onnx.ModelProto, path: Path, *, has_external_data: bool) -> None:
-    """onnx.checker without reading weights: catches duplicate names, bad attributes, unknown ops.
+    """onnx.checker without reading weights: catches duplicate names, bad attributes, unknown ops, and (full
+    check, when the weights are in the file) shapes that contradict an op's attributes, which the output's
+    validation would refuse anyway. Shape inference cannot read external tensors, so it is skipped then.
 
     With external data the checker must see the file path (it resolves locations against the model's
     folder); it still reads no tensor bytes.
     """
     try:
-        onnx.checker.check_model(str(path) if has_external_data else proto, full_check=False)
-    except onnx.checker.ValidationError as exc:
+        onnx.checker.check_model(str(path) if has_external_data else proto, full_check=not has_external_data)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         message = _first_line(exc)
         # Third-party exporters often write nodes out of order; we sort them ourselves.
         if "topologically sorted" in message:
             return
         raise InvalidModelError(f"'{path}' fails onnx.checker: {message}") from None
+    except UnicodeDecodeError:  # the checker's message quotes a name that is not UTF-8
+        raise InvalidModelError(
+            f"'{path}' fails onnx.checker on a name that is not valid UTF-8 (corrupted file?)"
+        ) from None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -35,6 +35,7 @@ _PORTABLE = (
     "fuse-layernorm",
     "fuse-gelu",
     "fuse-activations",
+    "infer-shapes",  # rewrites leave new values without shapes; the second cleanup round needs them
     "fold-constants",
     "eliminate-identity",
     "dce",

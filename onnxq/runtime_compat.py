@@ -103,6 +103,7 @@ def upgrade_opset(model: ir.Model, target: int) -> bool:
 
     # Convert a weightless copy: large weights are swapped for external-data references (dtype and dims
     # kept, bytes never read), so serialization neither copies them nor hits the 2 GB protobuf limit.
+    node_metadata = {n.name: dict(n.metadata_props) for n in model.graph if n.name and n.metadata_props}
     weights = {name: value.const_value for name, value in model.graph.initializers.items()}
     for value in model.graph.initializers.values():
         if value.const_value is not None and value.const_value.size > 1024:
@@ -123,6 +124,11 @@ def upgrade_opset(model: ir.Model, target: int) -> bool:
     for name, value in new_model.graph.initializers.items():
         if name in weights:
             value.const_value = weights[name]
+    # The converter drops node metadata (pattern tags, quantizer notes): carry it over by node name.
+    for node in new_model.graph:
+        if node.name in node_metadata:
+            node.metadata_props.update(node_metadata[node.name])
+    model.ir_version = max(model.ir_version, helper.find_min_ir_version_for([helper.make_opsetid("", target)]))
     model.graph = new_model.graph
     model.functions.clear()
     model.functions.update(new_model.functions)

@@ -106,7 +106,8 @@ def _expand(node: ir.Node, opset: int) -> bool:
     if shape is None or target is None or target.ndim != 1 or target.size > len(shape):
         return False
     trailing = list(shape)[len(shape) - target.size:]
-    return all(want == 1 or (isinstance(dim, int) and dim == want) for dim, want in zip(trailing, target.tolist()))
+    pairs = zip(trailing, target.tolist(), strict=True)
+    return all(want == 1 or (isinstance(dim, int) and dim == want) for dim, want in pairs)
 
 
 def _flatten(node: ir.Node, opset: int) -> bool:
@@ -149,7 +150,7 @@ def _bypass(node: ir.Node) -> bool:
     if is_output:
         producer = source.producer()
         if producer is None or producer.graph is not graph or source.is_graph_output():
-            logger.debug("keeping %s '%s': its input cannot take the graph output's name", node.op_type, node.name)
+            logger.debug("keeping %s '%s': its input cannot take the output's name", node.op_type, node.name)
             return False
     _merge_value_info(source, result)
     output_name = result.name

@@ -115,6 +115,7 @@ class _FoldIntoLinear(RewriteRuleClassBase):
     """
 
     op_type: ClassVar[str]
+    _pending: _Fold | None = None
 
     def pattern(self, op, x):
         linear = getattr(op, self.op_type)(x, _allow_other_inputs=True, _outputs=["linear_out"])
@@ -221,7 +222,7 @@ class FoldIntoGemm(_FoldIntoLinear):
         if bias is None:
             return shift
         beta = node.attributes.get_float("beta", 1.0)
-        return (beta * bias.astype(np.float64)) * scale + shift  # broadcasts like C does: [N], [1,N], [M,N]...
+        return (beta * bias.astype(np.float64)) * scale + shift  # broadcasts as C did: [N], [1,N], [M,N]
 
     def _emit(self, op, x: ir.Value, weight: ir.Value, bias: ir.Value, node: ir.Node) -> ir.Value:
         attributes = {k: v for k, v in node.attributes.items() if k != "beta"}  # β_g is folded into C
@@ -250,28 +251,37 @@ class FoldIntoMatMul(_FoldIntoLinear):
 class LowerToMulAdd(RewriteRuleClassBase):
     """``BatchNormalization(x)`` → ``Add(Mul(x, s), t)``: the fallback when nothing before it folds."""
 
+    _pending: tuple[np.ndarray, np.ndarray] | None = None
+
     def pattern(self, op, x):
         return op.BatchNormalization(x, _allow_other_inputs=True, _outputs=["bn_out"])
 
     def check(self, context, x: ir.Value, bn_out: ir.Value) -> MatchResult:
         bn = bn_out.producer()
-        affine = _batchnorm_affine(context, bn)
-        reason = affine if isinstance(affine, str) else None
-        dtype = x.dtype or bn_out.dtype
-        if reason is None and (x.shape is None or len(x.shape) < 2):
-            reason = "its input rank is unknown (run infer-shapes first)" if x.shape is None else "input rank < 2"
-        if reason is None and dtype not in _FLOAT_TYPES:
-            reason = f"its input dtype is {dtype or 'unknown'}, not a float type"
-        if reason is None and isinstance(x.shape[1], int) and x.shape[1] != affine[0].shape[0]:
-            reason = f"its input has {x.shape[1]} channels, its parameters {affine[0].shape[0]}"
-        if reason is not None:
-            logger.info("BatchNormalization '%s' left in place: %s", bn.name, reason)
-            return MatchResult().fail(reason)
-        scale, shift = affine
-        broadcast = (-1,) + (1,) * (len(x.shape) - 2)
-        numpy_dtype = dtype.numpy()
-        self._pending = (scale.reshape(broadcast).astype(numpy_dtype), shift.reshape(broadcast).astype(numpy_dtype))
+        plan = self._plan(context, x, bn_out)
+        if isinstance(plan, str):
+            logger.info("BatchNormalization '%s' left in place: %s", bn.name, plan)
+            return MatchResult().fail(plan)
+        self._pending = plan
         return MatchResult()
+
+    def _plan(self, context, x: ir.Value, bn_out: ir.Value) -> tuple[np.ndarray, np.ndarray] | str:
+        """The Mul and Add constants, shaped to broadcast over axis 1, or why there are none."""
+        affine = _batchnorm_affine(context, bn_out.producer())
+        if isinstance(affine, str):
+            return affine
+        scale, shift = affine
+        if x.shape is None:
+            return "its input rank is unknown (run infer-shapes first)"
+        if len(x.shape) < 2:
+            return f"its input has rank {len(x.shape)}, expected at least 2"
+        if isinstance(x.shape[1], int) and x.shape[1] != scale.shape[0]:
+            return f"its input has {x.shape[1]} channels, its parameters {scale.shape[0]}"
+        dtype = x.dtype or bn_out.dtype
+        if dtype not in _FLOAT_TYPES:
+            return f"its input dtype is {dtype or 'unknown'}, not a float type"
+        broadcast = (-1,) + (1,) * (len(x.shape) - 2)
+        return scale.reshape(broadcast).astype(dtype.numpy()), shift.reshape(broadcast).astype(dtype.numpy())
 
     def rewrite(self, op, x: ir.Value, bn_out: ir.Value):
         (scale, shift), self._pending = self._pending, None

@@ -47,7 +47,7 @@ def _shifted_relu6(op, x):
 
 
 def _clip_bounds(node: ir.Node) -> tuple[float, float] | None:
-    """(min, max) of a Clip from its attributes (opset < 11) or constant inputs (≥ 11); None if not constant."""
+    """(min, max) of a Clip: attributes before opset 11, constant inputs from 11; None if not constant."""
     bounds = [node.attributes.get_float("min", -math.inf), node.attributes.get_float("max", math.inf)]
     for i, value in enumerate(node.inputs[1:3]):
         if value is not None:
@@ -70,7 +70,7 @@ def _check_operands(x: ir.Value, clip: ir.Value | None, hard_sigmoid: ir.Value |
         node = hard_sigmoid.producer()
         alpha, beta = node.attributes.get_float("alpha", 0.2), node.attributes.get_float("beta", 0.5)
         if not (math.isclose(alpha, _ALPHA, rel_tol=1e-3) and math.isclose(beta, _BETA, rel_tol=1e-3)):
-            return result.fail(f"HardSigmoid(alpha={alpha}, beta={beta}) is not the HardSwish one", hard_sigmoid)
+            return result.fail(f"HardSigmoid(alpha={alpha}, beta={beta}) is not HardSwish's", hard_sigmoid)
     return result
 
 
@@ -80,7 +80,7 @@ def _tag(value: ir.Value, tag: str) -> ir.Value:
 
 
 class HardSwishRule(pattern.RewriteRuleClassBase):
-    """One HardSwish decomposition → ``HardSwish(x)``, or below opset 14 → tagged ``Mul(x, HardSigmoid(x))``."""
+    """A HardSwish decomposition → ``HardSwish(x)``; below opset 14 → tagged ``Mul(x, HardSigmoid(x))``."""
 
     def __init__(self, form: str, swap_root: bool, opset: int):
         super().__init__(name=f"HardSwish[{form}{',swapped' if swap_root else ''}]")
@@ -97,7 +97,8 @@ class HardSwishRule(pattern.RewriteRuleClassBase):
             return op.Div(either(op.Mul, x, clip), near(6.0))
         if self._form == "(x*c)*(1/6)":
             return root(op.Mul, either(op.Mul, x, clip), near(1.0 / 6.0))
-        return root(op.Mul, x, pattern.OrValue([op.Div(clip, near(6.0)), either(op.Mul, clip, near(1.0 / 6.0))]))
+        gate = pattern.OrValue([op.Div(clip, near(6.0)), either(op.Mul, clip, near(1.0 / 6.0))])
+        return root(op.Mul, x, gate)
 
     def check(self, context, x, clip=None, hard_sigmoid=None, **_) -> pattern.MatchResult:
         return _check_operands(x, clip, hard_sigmoid)
@@ -175,6 +176,7 @@ class FuseActivationsPass(RewriteRulesPass):
     2. ``c / 6`` or ``c · (1/6)`` → ``HardSigmoid(x, alpha=1/6, beta=0.5)`` (opset ≥ 6).
     3. Below opset 14, ``x · HardSigmoid(x; α=1/6, β=½)`` is tagged ``onnxq.pattern = "hardswish"``.
     4. ``x · Sigmoid(x)`` is tagged ``onnxq.pattern = "silu"`` (option ``tag_silu``); nothing is rewritten.
+       Tagging (3, 4) needs the gate to feed only that Mul, as a fused unit would.
     5. A Clip other than (0, 6), a shift other than 3, a divisor other than 6, or a gate on a different
        tensor than the one it multiplies, leaves the nodes alone. Only newly tagged pairs count.
     """
@@ -195,6 +197,7 @@ class FuseActivationsPass(RewriteRulesPass):
         return [pattern.RewriteRuleSet(hard_swish), pattern.RewriteRuleSet(hard_sigmoid)]
 
     def rule_set(self) -> pattern.RewriteRuleSet:
+        """All rewrite rules as for an opset-14 model (``apply`` runs them in two phases, then tags)."""
         return pattern.RewriteRuleSet([rule for rules in self._rule_sets(HARD_SWISH_OPSET) for rule in rules])
 
     def apply(self, model: ir.Model) -> int:

@@ -7,8 +7,8 @@ GELU weighs x by the standard normal CDF Φ; exporters write it elementwise in t
 
 with x/√2 as ``Div(x, 1.4142…)`` or ``Mul(x, 0.7071…)``, x³ as ``Pow(x, 3)`` or ``Mul(x, Mul(x, x))``,
 and the product ½·x·(1+…) in any of the three groupings ``(x·a)·½``, ``(x·½)·a``, ``x·(a·½)`` with
-operands in either order. Constants are compared with a relative tolerance of 1e-3, which accepts the
-digits exporters round to and rejects anything else.
+operands in either order. Constants (scalars or 1-element tensors) are compared with a relative
+tolerance of 1e-3, which accepts the digits exporters round to and rejects anything else.
 
 ``Gelu`` is a standard op only from opset 20 (earlier runtimes know just ``com.microsoft.Gelu``, which
 this pass never emits), so the pass fuses in models at opset ≥ 20; with ``upgrade_opset`` a model below
@@ -25,7 +25,7 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
 from onnxq.pass_api import RewriteRulesPass, register_pass
-from onnxq.passes.fuse_layernorm import either, ensure_opset_for_rules, near
+from onnxq.passes.fuse_layernorm import apply_at_opset, either, near
 
 logger = logging.getLogger(__name__)
 
@@ -112,11 +112,7 @@ class FuseGeluPass(RewriteRulesPass):
         return make_rules()
 
     def apply(self, model: ir.Model) -> int:
-        rules = self.rule_set()
-        if not ensure_opset_for_rules(
-            model, rules, GELU_OPSET, allow_upgrade=self.options.upgrade_opset, pass_name=self.name
-        ):
-            return 0
-        count = rules.apply_to_model(model)
+        upgrade, name = self.options.upgrade_opset, self.name
+        count = apply_at_opset(model, [self.rule_set()], GELU_OPSET, allow_upgrade=upgrade, pass_name=name)
         logger.debug("%s: %d GELU(s) fused", self.name, count)
         return count

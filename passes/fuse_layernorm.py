@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,6 +125,28 @@ def ensure_opset_for_rules(
         logger.warning("%s: pattern found, but the model stays at opset %d: %s", pass_name, current, exc)
         return False
     return True
+
+
+def apply_at_opset(
+    model: ir.Model,
+    rule_sets: Sequence[pattern.RewriteRuleSet],
+    target: int,
+    *,
+    allow_upgrade: bool,
+    pass_name: str,
+) -> int:
+    """Apply ``rule_sets`` one after the other once the model is at opset ≥ ``target`` (see
+    ``ensure_opset_for_rules``); return the number of rewrites."""
+    before = model.opset_imports.get("")
+    rules = [rule for rule_set in rule_sets for rule in rule_set]
+    if not ensure_opset_for_rules(model, rules, target, allow_upgrade=allow_upgrade, pass_name=pass_name):
+        return 0
+    count = sum(rule_set.apply_to_model(model) for rule_set in rule_sets)
+    if count == 0 and model.opset_imports.get("") != before:
+        logger.warning(
+            "%s: converted the model to opset %d, but the conversion undid the match", pass_name, target
+        )
+    return count
 
 
 # --- the rule ------------------------------------------------------------------------------------
@@ -259,7 +281,8 @@ def _normalized_shape(x: ir.Value, k: int, params: tuple[ir.Value | None, ...]) 
     """Static ``x.shape[-k:]``, from x's shape or else from a constant γ/β that spells it out."""
     if x.shape is not None and x.shape.rank() >= k:
         dims = tuple(x.shape[x.shape.rank() - k :])
-        return dims if all(isinstance(d, int) for d in dims) else None
+        if all(isinstance(d, int) for d in dims):
+            return dims
     for param in params:
         array = constant_array(param)
         if array is not None and array.ndim == k and all(d > 1 for d in array.shape):
@@ -277,7 +300,7 @@ def _affine_param(
     if array is None:
         shape = value.shape
         return value if shape is not None and tuple(shape) == norm_shape else None
-    if rank is not None and array.ndim > rank:
+    if array.ndim > (rank if rank is not None else k):  # would raise the output's rank
         return None
     leading, trailing = array.shape[: max(array.ndim - k, 0)], array.shape[max(array.ndim - k, 0) :]
     if any(d != 1 for d in leading):
@@ -325,15 +348,11 @@ class FuseLayerNormPass(RewriteRulesPass):
         ]
 
     def rule_set(self) -> pattern.RewriteRuleSet:
+        """All rules in one set (``apply`` runs the tiers one after the other)."""
         return pattern.RewriteRuleSet([rule for tier in self._tiers() for rule in tier])
 
     def apply(self, model: ir.Model) -> int:
-        tiers = self._tiers()
-        all_rules = [rule for tier in tiers for rule in tier]
-        if not ensure_opset_for_rules(
-            model, all_rules, LAYER_NORM_OPSET, allow_upgrade=self.options.upgrade_opset, pass_name=self.name
-        ):
-            return 0
-        count = sum(tier.apply_to_model(model) for tier in tiers)
+        upgrade, name = self.options.upgrade_opset, self.name
+        count = apply_at_opset(model, self._tiers(), LAYER_NORM_OPSET, allow_upgrade=upgrade, pass_name=name)
         logger.debug("%s: %d LayerNorm(s) fused", self.name, count)
         return count

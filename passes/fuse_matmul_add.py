@@ -41,7 +41,8 @@ def _broadcasts_to(bias_shape: tuple[int, ...], m: int | ir.SymbolicDim, n: int)
     if len(bias_shape) > 2:
         return False
     target = (m, n)[2 - len(bias_shape):]
-    return all(dim == 1 or (isinstance(want, int) and dim == want) for dim, want in zip(bias_shape, target))
+    pairs = zip(bias_shape, target, strict=True)
+    return all(dim == 1 or (isinstance(want, int) and dim == want) for dim, want in pairs)
 
 
 def _opset_version(context, node: ir.Node) -> int:

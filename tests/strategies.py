@@ -337,7 +337,7 @@ def fuzz_models(draw, max_blocks: int = 6) -> FuzzCase:
     dims = ["N" if draw(st.booleans()) else batch, *shape[1:]]
     graph = helper.make_graph(
         b.nodes, "fuzz", [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], b.inits,
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [dims[0], *b.shape[1:]])], b.inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="onnxq-fuzz")
     model.ir_version = 8

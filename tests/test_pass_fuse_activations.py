@@ -25,14 +25,16 @@ def _clip(opset: int, source: str, high: float = 6.0) -> list[str]:
 
 
 def _activation_text(form: str, *, opset: int = 14, high: float = 6.0, ir_version: int | None = None) -> str:
-    three = ["three = Constant<value = float {3.0}>()"]
-    shifted = [*three, "t = Add(x, three)", *_clip(opset, "t", high)]
+    three = "three = Constant<value = float {3.0}>()"
+    shifted = [three, "t = Add(x, three)", *_clip(opset, "t", high)]
+    shifted_swapped = [three, "t = Add(three, x)", *_clip(opset, "t", high)]
+    relu6_of_offset = ["t = Add(x, offset)", *_clip(opset, "t", high)]
     six, sixth = "six = Constant<value = float {6.0}>()", "sixth = Constant<value = float {0.16666667}>()"
     lines = {
         "hardsigmoid-div": [*shifted, six, "y = Div(c, six)"],
-        "hardsigmoid-mul": [*three, "t = Add(three, x)", *_clip(opset, "t", high), sixth, "y = Mul(sixth, c)"],
+        "hardsigmoid-mul": [*shifted_swapped, sixth, "y = Mul(sixth, c)"],
         # paddle2onnx's decomposed hard_swish: Add, Clip, Mul(x, ·), Div; 3 and 6 as 1-element initializers.
-        "hardswish-paddle": ["t = Add(x, offset)", *_clip(opset, "t", high), "m = Mul(x, c)", "y = Div(m, scale)"],
+        "hardswish-paddle": [*relu6_of_offset, "m = Mul(x, c)", "y = Div(m, s6)"],
         "hardswish-mul-sixth": [*shifted, "m = Mul(c, x)", sixth, "y = Mul(m, sixth)"],
         "hardswish-inner-div": [*shifted, six, "h = Div(c, six)", "y = Mul(h, x)"],
         "hardswish-hardsigmoid": ["h = HardSigmoid<alpha = 0.16666667, beta = 0.5>(x)", "y = Mul(x, h)"],
@@ -40,9 +42,10 @@ def _activation_text(form: str, *, opset: int = 14, high: float = 6.0, ir_versio
         "silu": ["s = Sigmoid(x)", "y = Mul(x, s)"],
         "silu-swapped": ["s = Sigmoid(x)", "y = Mul(s, x)"],
         "sigmoid-of-other": ["s = Sigmoid(z)", "y = Mul(x, s)"],
+        "silu-shared-gate": ["s = Sigmoid(x)", "m = Mul(x, s)", "y = Add(m, s)"],
     }[form]
     body = "\n  ".join(lines)
-    inits = "<float[1] offset = {3.0}, float[1] scale = {6.0}>" if form == "hardswish-paddle" else ""
+    inits = "<float[1] offset = {3.0}, float[1] s6 = {6.0}>" if form == "hardswish-paddle" else ""
     ir_version = ir_version or _IR_FOR_OPSET[opset]
     return f"""
 <ir_version: {ir_version}, opset_import: ["" : {opset}]>
@@ -90,7 +93,8 @@ def test_fuses_hardsigmoid(form, opset):
     model, count = _run_pass(_activation_text(form, opset=opset))
     assert count == 1 and _ops(model) == {"HardSigmoid": 1}
     (node,) = [n for n in model.graph if n.op_type == "HardSigmoid"]
-    assert node.attributes.get_float("alpha") == pytest.approx(1 / 6) and node.attributes.get_float("beta") == 0.5
+    assert node.attributes.get_float("alpha") == pytest.approx(1 / 6)
+    assert node.attributes.get_float("beta") == 0.5
     assert _second_run_count(model) == 0
 
 
@@ -135,6 +139,7 @@ def test_silu_is_tagged_not_rewritten(form, opset):
     "form,opset,high",
     [
         ("sigmoid-of-other", 13, 6.0),  # x · Sigmoid(z)
+        ("silu-shared-gate", 13, 6.0),  # σ(x) also used outside the product: not one unit
         ("hardswish-paddle", 14, 5.0),  # Clip(0, 5)
         ("hardswish-paddle", 10, 5.0),  # Clip(0, 5) as attributes
         ("hardsigmoid-div", 13, 5.0),

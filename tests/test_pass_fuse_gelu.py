@@ -40,16 +40,26 @@ def _gelu_text(
         divide = f"t = Div(x, c)" if scale_op == "Div" else f"t = {binary('Mul', 'x', 'c')}"
         core = [const("c", erf_scale), divide, "e = Erf(t)"]
     else:
-        cubed = ["x3 = Pow(x, three)"] if cube == "pow" else ["xx = Mul(x, x)", f"x3 = {binary('Mul', 'x', 'xx')}"]
-        core = [const("three", 3.0), *cubed, const("k", 0.044715), f"kx3 = {binary('Mul', 'x3', 'k')}",
-                f"inner = {binary('Add', 'x', 'kx3')}", const("s", 0.7978846), f"u = {binary('Mul', 'inner', 's')}",
-                "e = Tanh(u)"]
+        if cube == "pow":
+            cubed = [const("three", 3.0), "x3 = Pow(x, three)"]
+        else:
+            cubed = ["xx = Mul(x, x)", f"x3 = {binary('Mul', 'x', 'xx')}"]
+        core = [
+            *cubed,
+            const("k", 0.044715),
+            f"kx3 = {binary('Mul', 'x3', 'k')}",
+            f"inner = {binary('Add', 'x', 'kx3')}",
+            const("s", 0.7978846),
+            f"u = {binary('Mul', 'inner', 's')}",
+            "e = Tanh(u)",
+        ]
     product = {
         "(x*a)*h": [f"p = {binary('Mul', outer, 'a')}", f"y = {binary('Mul', 'p', 'h')}"],
         "(x*h)*a": [f"p = {binary('Mul', outer, 'h')}", f"y = {binary('Mul', 'p', 'a')}"],
         "x*(a*h)": [f"p = {binary('Mul', 'a', 'h')}", f"y = {binary('Mul', outer, 'p')}"],
     }[grouping]
-    body = "\n  ".join([*core, const("one", 1.0), f"a = {binary('Add', 'e', 'one')}", const("h", 0.5), *product])
+    lines = [*core, const("one", 1.0), f"a = {binary('Add', 'e', 'one')}", const("h", 0.5), *product]
+    body = "\n  ".join(lines)
     return f"""
 <ir_version: {ir_version}, opset_import: ["" : {opset}]>
 gelu (float[N,S,16] x, float[N,S,16] z) => (float[N,S,16] y) {{
@@ -130,7 +140,8 @@ def test_opset17_model_is_upgraded_when_asked():
 
 
 def test_opset17_model_without_gelu_is_not_converted_even_when_asked():
-    model, count = _fuse(_gelu_text(opset=17, ir_version=8, erf_scale=0.6, scale_op="Mul"), upgrade_opset=True)
+    text = _gelu_text(opset=17, ir_version=8, erf_scale=0.6, scale_op="Mul")
+    model, count = _fuse(text, upgrade_opset=True)
     assert count == 0 and runtime_compat.default_opset(model) == 17
 
 

@@ -122,7 +122,7 @@ def _fuse(text: str, **options) -> tuple[ir.Model, int]:
         dict(opset=17, ir_version=8, x_shape="N,4,8", norm_shape=(4, 8), axes=(-2, -1)),
         dict(opset=18, ir_version=9, x_shape="N,4,8", norm_shape=(4, 8), axes=(1, 2)),
     ],
-    ids=["pow-div", "mul-reciprocal-swapped", "opset18-axes-input", "positive-axis", "two-axes", "two-positive-axes"],
+    ids=["pow-div", "mul-reciprocal-swapped", "opset18-axes-input", "positive-axis", "2-axes", "2-pos-axes"],
 )
 def test_fuses_layernorm_with_scale_and_bias(variant):
     text = _layernorm_text(**variant)
@@ -161,6 +161,16 @@ def test_broadcast_constant_scale_is_stored_at_the_normalized_shape():
     _assert_same_numerics(text, model)
 
 
+def test_dynamic_hidden_dim_takes_the_normalized_shape_from_a_constant_scale():
+    text = _layernorm_text(x_shape="N,S,D")
+    model, count = _fuse(text)
+    assert count == 1 and _ops(model)["LayerNormalization"] == 1
+    _assert_same_numerics(text, model, shapes={"x": (2, 3, 16)})
+    # Without γ/β nothing says how large the normalized dim is: the ones scale cannot be built.
+    model, count = _fuse(_layernorm_text(x_shape="N,S,D", affine="none"))
+    assert count == 0
+
+
 def test_float16_layernorm_keeps_its_dtype():
     # onnx.parser writes float16 constants as raw bits; build the fp16 model by converting the fp32 one.
     proto = onnx.parser.parse_model(_layernorm_text())
@@ -183,8 +193,8 @@ def test_float16_layernorm_keeps_its_dtype():
     onnx.checker.check_model(ir.to_proto(model), full_check=True)
     feeds = numerics.random_inputs(original)
     # The decomposed graph computes in fp16, the fused op in fp32: compare at fp16 precision.
-    error = numerics.relative_error(numerics.run_model(original, feeds)["y"], numerics.run_model(model, feeds)["y"])
-    assert error <= 5e-3
+    expected, actual = numerics.run_model(original, feeds)["y"], numerics.run_model(model, feeds)["y"]
+    assert numerics.relative_error(expected, actual) <= 5e-3
 
 
 def test_opset11_model_is_upgraded_to_17_and_keeps_its_numerics():

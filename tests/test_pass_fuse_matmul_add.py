@@ -28,7 +28,8 @@ def build(text: str, **constants: np.ndarray) -> ir.Model:
 
 
 def histogram(model: ir.Model) -> dict[str, int]:
-    return dict(collections.Counter(node.op_type for node in ir.traversal.RecursiveGraphIterator(model.graph)))
+    nodes = ir.traversal.RecursiveGraphIterator(model.graph)
+    return dict(collections.Counter(node.op_type for node in nodes))
 
 
 def run_fuse(model: ir.Model, *, rewrites: int, rtol: float = 1e-4) -> dict[str, int]:
