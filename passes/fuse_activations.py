@@ -28,7 +28,7 @@ from onnxscript.rewriter import pattern
 from onnxq import runtime_compat
 from onnxq.errors import OpsetError
 from onnxq.pass_api import RewriteRulesPass, register_pass
-from onnxq.passes.fuse_layernorm import constant_scalar, either, near
+from onnxq.rewrite_utils import constant_scalar, either, near
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
 from onnxq.pass_api import RewriteRulesPass, register_pass
-from onnxq.passes.fuse_layernorm import apply_at_opset, either, near
+from onnxq.rewrite_utils import apply_at_opset, either, near
 
 logger = logging.getLogger(__name__)
 

@@ -96,18 +96,22 @@ def write_mlp_model(folder: Path, *, layers: int, hidden: int, bn_every: int = 8
         "half_value", TensorProto.FLOAT, [1], [0.5])))
     nodes.append(helper.make_node("Mul", ["b0", "half"], ["b0_half"], name="fold_mul"))
     nodes.append(helper.make_node("Add", ["b0_half", "b0_offset"], ["b0_folded"], name="fold_add"))
+    inits.append(writer.add("b0", (hidden,), _vector(rng.normal(0, 0.01, hidden))))
     inits.append(writer.add("b0_offset", (hidden,), _vector(rng.normal(0, 0.01, hidden))))
     scale = float(np.sqrt(2.0 / hidden))
     h = "h0"
     try:
         for i in range(layers):
             inits.append(writer.add(f"w{i}", (hidden, hidden), _random_blocks(rng, hidden, hidden, scale)))
-            inits.append(writer.add(f"b{i}", (hidden,), _vector(rng.normal(0, 0.01, hidden))))
             nodes.append(helper.make_node("MatMul", [h, f"w{i}"], [f"mm{i}"], name=f"matmul{i}"))
-            bias = "b0_folded" if i == 0 else f"b{i}"
-            nodes.append(helper.make_node("Add", [f"mm{i}", bias], [f"add{i}"], name=f"add{i}"))
-            h = f"add{i}"
-            if i % bn_every == bn_every - 1:
+            h = f"mm{i}"
+            if i % bn_every != bn_every - 1:  # Linear(bias=True); Linear(bias=False) + BatchNorm1d otherwise
+                bias = "b0_folded" if i == 0 else f"b{i}"
+                if i:
+                    inits.append(writer.add(bias, (hidden,), _vector(rng.normal(0, 0.01, hidden))))
+                nodes.append(helper.make_node("Add", [h, bias], [f"add{i}"], name=f"add{i}"))
+                h = f"add{i}"
+            else:
                 params = {"scale": rng.uniform(0.5, 1.5, hidden), "bias": rng.normal(0, 0.1, hidden),
                           "mean": rng.normal(0, 0.1, hidden), "var": rng.uniform(0.5, 1.5, hidden)}
                 for key, values in params.items():
@@ -454,8 +458,9 @@ def render_section(r: dict) -> str:
         f"Machine: {r['machine']['cpus']}-core {r['machine']['arch']} ({r['machine']['cpu']}), "
         f"{r['machine']['memory_gib']} GiB RAM, no GPU. "
         + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) + ".", "",
-        f"Model: MLP of {m['layers']} MatMul+Add+Relu layers with {m['hidden']}×{m['hidden']} float32 weights, "
-        f"BatchNormalization after every {m['bn_every']}-th, Identity/Dropout no-ops, a Constant subgraph and a "
+        f"Model: MLP of {m['layers']} MatMul+Add+Relu layers with {m['hidden']}×{m['hidden']} float32 weights; "
+        f"every {m['bn_every']}-th layer is MatMul+BatchNormalization instead (weights folded by fold-bn), "
+        "Identity/Dropout no-ops, a Constant subgraph and a "
         f"same-shape Reshape; opset 13, IR 8, dynamic batch; **{gb:.2f} GB of external data** in one file.", "",
         f"onnxq passes: {passes}.", "",
         f"Each optimizer runs alone in a child process and writes a {q['output_bytes'] / 1e9:.2f} GB "
