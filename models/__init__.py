@@ -9,9 +9,27 @@ for the models and ``models.artifacts`` for the sample-file layout.
 """
 
 from models.artifacts import batches, read_samples, split_eval
-from models.registry import DEFAULT_CACHE_DIR, BuiltModel, ModelSpec, ZooError, build, get_spec, load_record, specs
+from models.registry import (
+    DEFAULT_CACHE_DIR,
+    BuiltModel,
+    ModelSpec,
+    ZooError,
+    build,
+    get_spec,
+    load_record,
+    specs,
+)
 
 __all__ = [
-    "DEFAULT_CACHE_DIR", "BuiltModel", "ModelSpec", "ZooError", "batches", "build", "get_spec", "load_record",
-    "read_samples", "specs", "split_eval",
+    "DEFAULT_CACHE_DIR",
+    "BuiltModel",
+    "ModelSpec",
+    "ZooError",
+    "batches",
+    "build",
+    "get_spec",
+    "load_record",
+    "read_samples",
+    "specs",
+    "split_eval",
 ]

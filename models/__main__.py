@@ -36,8 +36,11 @@ def _build(names: list[str], out: Path, opset: int | None, exporter: str) -> int
         record = build(name, out, opset=opset, exporter=exporter)
         metrics = ", ".join(f"{k}={v}" for k, v in record["metrics"].items())
         size = record["files"]["onnx"]["bytes"] / 1e6
-        print(f"{name}: {out / record['files']['onnx']['name']} ({size:.1f} MB, {record['exporter']}, "
-              f"opset {record['opset'].get('ai.onnx')}, {record['build_seconds']} s){'; ' + metrics if metrics else ''}")
+        print(
+            f"{name}: {out / record['files']['onnx']['name']} ({size:.1f} MB, {record['exporter']}, "
+            f"opset {record['opset'].get('ai.onnx')}, {record['build_seconds']} s)"
+            + (f"; {metrics}" if metrics else "")
+        )
     return 0
 
 
@@ -48,12 +51,20 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("list", help="list the zoo's models and whether they can be built here")
     build_cmd = commands.add_parser("build", help="build models (or 'all')")
     build_cmd.add_argument("names", nargs="+", metavar="NAME")
-    build_cmd.add_argument("--out", type=Path, default=DEFAULT_CACHE_DIR, help="output folder (default %(default)s)")
-    build_cmd.add_argument("--opset", type=int, default=None,
-                           help="ONNX opset for torch models (<=17: legacy exporter, >=18: dynamo)")
+    build_cmd.add_argument(
+        "--out", type=Path, default=DEFAULT_CACHE_DIR, help="output folder (default %(default)s)"
+    )
+    build_cmd.add_argument(
+        "--opset",
+        type=int,
+        default=None,
+        help="ONNX opset for torch models (<=17: legacy exporter, >=18: dynamo)",
+    )
     build_cmd.add_argument("--exporter", choices=("auto", "legacy", "dynamo"), default="auto")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s"
+    )
     try:
         if args.command == "list":
             return _list()

@@ -73,7 +73,7 @@ def batches(
             if axis is None:
                 if not all(np.array_equal(chunk[0], other) for other in chunk[1:]):
                     raise ValueError(f"input '{name}' has no batch axis but differs within a batch")
-                feeds[name] = chunk[0]
+                feeds[name] = np.asarray(chunk[0])
             else:
                 feeds[name] = np.moveaxis(chunk, 0, axis) if axis else chunk
         yield feeds
@@ -99,7 +99,9 @@ def _sample_digests(arrays: Mapping[str, np.ndarray], batch_axes: Mapping[str, i
 
 
 def overlap(
-    calib: Mapping[str, np.ndarray], evaluation: Mapping[str, np.ndarray], batch_axes: Mapping[str, int | None]
+    calib: Mapping[str, np.ndarray],
+    evaluation: Mapping[str, np.ndarray],
+    batch_axes: Mapping[str, int | None],
 ) -> int:
     """How many evaluation samples also occur, bit for bit, in the calibration set."""
     seen = set(_sample_digests(calib, batch_axes))
@@ -107,11 +109,15 @@ def overlap(
 
 
 def check_disjoint(
-    calib: Mapping[str, np.ndarray], evaluation: Mapping[str, np.ndarray], batch_axes: Mapping[str, int | None]
+    calib: Mapping[str, np.ndarray],
+    evaluation: Mapping[str, np.ndarray],
+    batch_axes: Mapping[str, int | None],
 ) -> None:
     """Refuse to write sample sets that share a sample: calibrating on test data inflates every metric."""
     if set(calib) != set(evaluation):
-        raise ValueError(f"calibration inputs {sorted(calib)} differ from evaluation inputs {sorted(evaluation)}")
+        raise ValueError(
+            f"calibration inputs {sorted(calib)} differ from evaluation inputs {sorted(evaluation)}"
+        )
     shared = overlap(calib, evaluation, batch_axes)
     if shared:
         raise ValueError(f"{shared} evaluation samples also occur in the calibration set")

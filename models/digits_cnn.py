@@ -31,8 +31,12 @@ class DigitsCNN(nn.Module):
     def __init__(self, classes: int = 10):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(1, 16, 3, padding=1, bias=False),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1, bias=False),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
             nn.MaxPool2d(2),
         )
         self.classifier = nn.Linear(32 * 4 * 4, classes)
@@ -49,10 +53,15 @@ def build(context: BuildContext) -> BuiltModel:
         logits = predict(model, split.x_test)
         test_accuracy = accuracy(logits, split.y_test)
         exporter = export_torch(
-            model, (torch.from_numpy(split.x_test[:2]),), context.onnx_path,
-            input_names=["image"], output_names=["logits"],
+            model,
+            (torch.from_numpy(split.x_test[:2]),),
+            context.onnx_path,
+            input_names=["image"],
+            output_names=["logits"],
             dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-            opset=context.opset, exporter=context.exporter, keep_batchnorm=True,
+            opset=context.opset,
+            exporter=context.exporter,
+            keep_batchnorm=True,
         )
     logger.info("digits_cnn: test accuracy %.4f (final train loss %.4f)", test_accuracy, losses[-1])
     return BuiltModel(
@@ -62,10 +71,14 @@ def build(context: BuildContext) -> BuiltModel:
         batch_axes={"image": 0},
         exporter=exporter,
         source={"weights": "trained here (seed 0, 20 epochs AdamW)", "data": "sklearn.datasets.load_digits"},
-        metrics={"test_accuracy": round(test_accuracy, 4), "final_train_loss": round(losses[-1], 4),
-                 "test_samples": int(len(split.y_test))},
+        metrics={
+            "test_accuracy": round(test_accuracy, 4),
+            "final_train_loss": round(losses[-1], 4),
+            "test_samples": int(len(split.y_test)),
+        },
         extra_eval={"reference:logits": logits},
-        notes=["BatchNormalization left unfolded on purpose (exported without constant folding)",
-               "input: 8x8 grey levels / 16, shape [batch, 1, 8, 8]"],
+        notes=[
+            "BatchNormalization left unfolded on purpose (exported without constant folding)",
+            "input: 8x8 grey levels / 16, shape [batch, 1, 8, 8]",
+        ],
     )
-

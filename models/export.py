@@ -65,20 +65,38 @@ def export_torch(
     module.eval()
     chatter = io.StringIO()
     axes = {name: dict(dims) for name, dims in dynamic_axes.items()}
-    with torch.no_grad(), contextlib.redirect_stdout(chatter), warnings.catch_warnings():
+    with (
+        torch.no_grad(),
+        contextlib.redirect_stdout(chatter),
+        warnings.catch_warnings(),
+        _quiet_torch_loggers(),
+    ):
         warnings.simplefilter("ignore")
         if kind == "legacy":
             # PRESERVE on an eval-mode module exports inference BatchNormalization but skips the eval-only
             # peephole that fuses it into Conv; constant folding stays on, as in ordinary exports.
             mode = torch.onnx.TrainingMode.PRESERVE if keep_batchnorm else torch.onnx.TrainingMode.EVAL
             torch.onnx.export(
-                module, example_inputs, str(path), dynamo=False, opset_version=opset, training=mode,
-                input_names=list(input_names), output_names=list(output_names), dynamic_axes=axes,
+                module,
+                example_inputs,
+                str(path),
+                dynamo=False,
+                opset_version=opset,
+                training=mode,
+                input_names=list(input_names),
+                output_names=list(output_names),
+                dynamic_axes=axes,
             )
         else:
             program = torch.onnx.export(
-                module, example_inputs, dynamo=True, opset_version=opset, input_names=list(input_names),
-                output_names=list(output_names), dynamic_axes=axes, optimize=not keep_batchnorm,
+                module,
+                example_inputs,
+                dynamo=True,
+                opset_version=opset,
+                input_names=list(input_names),
+                output_names=list(output_names),
+                dynamic_axes=axes,
+                optimize=not keep_batchnorm,
             )
             if keep_batchnorm:  # the exporter's optimizer would fuse BN: fold constants only
                 import onnxscript.optimizer
@@ -90,6 +108,18 @@ def export_torch(
         logger.debug("torch.onnx: %s", line)
     _finalize(path, opset)
     return f"torch {torch.__version__.split('+')[0]} {kind} exporter"
+
+
+@contextlib.contextmanager
+def _quiet_torch_loggers():
+    """The dynamo exporter logs a WARNING per missing torchvision op on every export; none apply here."""
+    noisy = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = noisy.level
+    noisy.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        noisy.setLevel(level)
 
 
 def _finalize(path: Path, opset: int) -> None:
@@ -120,7 +150,7 @@ def torch_outputs(
     total = len(inputs[0])
     with torch.no_grad():
         for start in range(0, total, batch_size):
-            args = [torch.from_numpy(np.ascontiguousarray(a[start:start + batch_size])) for a in inputs]
+            args = [torch.from_numpy(np.ascontiguousarray(a[start : start + batch_size])) for a in inputs]
             result = module(*args)
             result = result if isinstance(result, tuple) else (result,)
             for name, value in zip(output_names, result, strict=True):

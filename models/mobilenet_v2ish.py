@@ -24,14 +24,17 @@ from models.training import accuracy, deterministic_torch, predict, train_classi
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SIZE, EPOCHS, CALIBRATION_SAMPLES = 32, 12, 128
+IMAGE_SIZE, EPOCHS, CALIBRATION_SAMPLES = 32, 8, 128
 #: (expansion, out_channels, stride) per inverted residual block
 BLOCKS = ((1, 16, 1), (4, 24, 2), (4, 24, 1), (4, 32, 2), (4, 32, 1), (4, 48, 1))
 
 
-def conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1, relu6: bool = True) -> nn.Sequential:
+def conv_bn(
+    cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1, relu6: bool = True
+) -> nn.Sequential:
     layers: list[nn.Module] = [
-        nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)
+        nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
     ]
     if relu6:
         layers.append(nn.ReLU6())
@@ -73,14 +76,20 @@ def build(context: BuildContext) -> BuiltModel:
     split = load_digits_split(size=IMAGE_SIZE, seed=context.seed)
     with deterministic_torch(context.seed):
         model = MobileNetV2ish()
-        losses = train_classifier(model, split.x_train, split.y_train, epochs=EPOCHS, lr=4e-3,
-                                  weight_decay=1e-4, seed=context.seed)
+        losses = train_classifier(
+            model, split.x_train, split.y_train, epochs=EPOCHS, lr=4e-3, weight_decay=1e-4, seed=context.seed
+        )
         logits = predict(model, split.x_test)
         exporter = export_torch(
-            model, (torch.from_numpy(split.x_test[:2]),), context.onnx_path,
-            input_names=["image"], output_names=["logits"],
+            model,
+            (torch.from_numpy(split.x_test[:2]),),
+            context.onnx_path,
+            input_names=["image"],
+            output_names=["logits"],
             dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-            opset=context.opset, exporter=context.exporter, keep_batchnorm=True,
+            opset=context.opset,
+            exporter=context.exporter,
+            keep_batchnorm=True,
         )
     test_accuracy = accuracy(logits, split.y_test)
     logger.info("mobilenet_v2ish: test accuracy %.4f", test_accuracy)
@@ -90,12 +99,19 @@ def build(context: BuildContext) -> BuiltModel:
         labels=split.y_test,
         batch_axes={"image": 0},
         exporter=exporter,
-        source={"weights": f"trained here (seed {context.seed}, {EPOCHS} epochs AdamW)",
-                "data": "sklearn.datasets.load_digits, bilinear upsampling 8x8 -> 32x32"},
-        metrics={"test_accuracy": round(test_accuracy, 4), "final_train_loss": round(losses[-1], 4),
-                 "test_samples": int(len(split.y_test)),
-                 "parameters": sum(p.numel() for p in model.parameters())},
+        source={
+            "weights": f"trained here (seed {context.seed}, {EPOCHS} epochs AdamW)",
+            "data": "sklearn.datasets.load_digits, bilinear upsampling 8x8 -> 32x32",
+        },
+        metrics={
+            "test_accuracy": round(test_accuracy, 4),
+            "final_train_loss": round(losses[-1], 4),
+            "test_samples": int(len(split.y_test)),
+            "parameters": sum(p.numel() for p in model.parameters()),
+        },
         extra_eval={"reference:logits": logits},
-        notes=["BatchNormalization left unfolded on purpose (exported without constant folding)",
-               "ReLU6 exports as Clip(0, 6)"],
+        notes=[
+            "BatchNormalization left unfolded on purpose (exported without constant folding)",
+            "ReLU6 exports as Clip(0, 6)",
+        ],
     )

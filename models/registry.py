@@ -28,7 +28,9 @@ logger = logging.getLogger(__name__)
 
 #: Where builds and fetched wheels go by default: ``<repo>/.cache/models`` (gitignored via ``/.cache/``),
 #: or ``$ONNXQ_ZOO_CACHE``.
-DEFAULT_CACHE_DIR = Path(os.environ.get("ONNXQ_ZOO_CACHE", Path(__file__).resolve().parents[1] / ".cache" / "models"))
+DEFAULT_CACHE_DIR = Path(
+    os.environ.get("ONNXQ_ZOO_CACHE", Path(__file__).resolve().parents[1] / ".cache" / "models")
+)
 
 
 class ZooError(Exception):
@@ -69,6 +71,7 @@ class BuiltModel:
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)
     extra_eval: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    output_batch_axes: dict[str, int | None] = dataclasses.field(default_factory=dict)  # default 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +119,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _io_record(model: onnx.ModelProto, batch_axes: dict[str, int | None]) -> dict[str, Any]:
+def _io_record(model: onnx.ModelProto, built: BuiltModel) -> dict[str, Any]:
     def describe(value: onnx.ValueInfoProto) -> dict[str, Any]:
         tensor = value.type.tensor_type
         dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in tensor.shape.dim]
@@ -127,8 +130,12 @@ def _io_record(model: onnx.ModelProto, batch_axes: dict[str, int | None]) -> dic
     for value in model.graph.input:
         if value.name in initializers:
             continue
-        inputs[value.name] = describe(value) | {"batch_axis": batch_axes.get(value.name, 0)}
-    return {"inputs": inputs, "outputs": {value.name: describe(value) for value in model.graph.output}}
+        inputs[value.name] = describe(value) | {"batch_axis": built.batch_axes.get(value.name, 0)}
+    outputs = {
+        value.name: describe(value) | {"batch_axis": built.output_batch_axes.get(value.name, 0)}
+        for value in model.graph.output
+    }
+    return {"inputs": inputs, "outputs": outputs}
 
 
 def build(
@@ -177,7 +184,7 @@ def build(
         "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
         "source": built.source,
         "seed": context.seed,
-        **_io_record(proto, built.batch_axes),
+        **_io_record(proto, built),
         "calib_samples": artifacts.sample_count(built.calib),
         "eval_samples": artifacts.sample_count(built.eval_inputs),
         "eval_has_labels": built.labels is not None,

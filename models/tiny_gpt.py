@@ -56,7 +56,9 @@ class Block(nn.Module):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(WIDTH), nn.LayerNorm(WIDTH)
         self.attn = CausalSelfAttention()
-        self.mlp = nn.Sequential(nn.Linear(WIDTH, 4 * WIDTH), nn.GELU(approximate="tanh"), nn.Linear(4 * WIDTH, WIDTH))
+        self.mlp = nn.Sequential(
+            nn.Linear(WIDTH, 4 * WIDTH), nn.GELU(approximate="tanh"), nn.Linear(4 * WIDTH, WIDTH)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln1(x))
@@ -87,19 +89,21 @@ def _bytes(sentences: list[str]) -> np.ndarray:
 def _windows(stream: np.ndarray, count: int, length: int) -> np.ndarray:
     """``count`` evenly spaced windows of ``length + 1`` tokens (input plus next-token labels)."""
     starts = np.linspace(0, len(stream) - length - 1, count).astype(np.int64)
-    return np.stack([stream[s:s + length + 1] for s in starts])
+    return np.stack([stream[s : s + length + 1] for s in starts])
 
 
 def _train(model: TinyGPT, stream: np.ndarray, seed: int) -> list[float]:
     generator = torch.Generator().manual_seed(seed)
     data = torch.from_numpy(stream)
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=5e-3, total_steps=TRAIN_STEPS, pct_start=0.1)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=5e-3, total_steps=TRAIN_STEPS, pct_start=0.1
+    )
     losses = []
     model.train()
     for _ in range(TRAIN_STEPS):
         starts = torch.randint(0, len(data) - SEQUENCE - 1, (BATCH,), generator=generator)
-        window = torch.stack([data[s:s + SEQUENCE + 1] for s in starts.tolist()])
+        window = torch.stack([data[s : s + SEQUENCE + 1] for s in starts.tolist()])
         logits = model(window[:, :-1])
         loss = nn.functional.cross_entropy(logits.reshape(-1, VOCAB), window[:, 1:].reshape(-1))
         optimizer.zero_grad()
@@ -121,27 +125,40 @@ def build(context: BuildContext) -> BuiltModel:
         losses = _train(model, _bytes(parts["train"]), context.seed)
         reference = torch_outputs(model, [eval_ids], ["logits"])
         exporter = export_torch(
-            model, (torch.from_numpy(eval_ids[:2]),), context.onnx_path,
-            input_names=["input_ids"], output_names=["logits"],
+            model,
+            (torch.from_numpy(eval_ids[:2]),),
+            context.onnx_path,
+            input_names=["input_ids"],
+            output_names=["logits"],
             dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch", 1: "sequence"}},
-            opset=context.opset, exporter=context.exporter,
+            opset=context.opset,
+            exporter=context.exporter,
         )
     logits = torch.from_numpy(reference["logits"]).reshape(-1, VOCAB)
     eval_loss = float(nn.functional.cross_entropy(logits, torch.from_numpy(eval_labels).reshape(-1)))
     next_byte = float((reference["logits"].argmax(-1) == eval_labels).mean())
-    logger.info("tiny_gpt: train loss %.3f -> %.3f, eval perplexity %.2f", losses[0], losses[-1], math.exp(eval_loss))
+    logger.info(
+        "tiny_gpt: train loss %.3f -> %.3f, eval perplexity %.2f", losses[0], losses[-1], math.exp(eval_loss)
+    )
     return BuiltModel(
         calib={"input_ids": calib},
         eval_inputs={"input_ids": eval_ids},
         labels=eval_labels,
         batch_axes={"input_ids": 0},
         exporter=exporter,
-        source={"weights": f"trained here ({TRAIN_STEPS} steps AdamW, seed {context.seed})",
-                "data": "Python standard-library docstrings (models.datasets.text)"},
-        metrics={"eval_perplexity": round(math.exp(eval_loss), 3), "eval_next_byte_accuracy": round(next_byte, 4),
-                 "final_train_loss": round(float(np.mean(losses[-20:])), 4),
-                 "parameters": sum(p.numel() for p in model.parameters())},
+        source={
+            "weights": f"trained here ({TRAIN_STEPS} steps AdamW, seed {context.seed})",
+            "data": "Python standard-library docstrings (models.datasets.text)",
+        },
+        metrics={
+            "eval_perplexity": round(math.exp(eval_loss), 3),
+            "eval_next_byte_accuracy": round(next_byte, 4),
+            "final_train_loss": round(float(np.mean(losses[-20:])), 4),
+            "parameters": sum(p.numel() for p in model.parameters()),
+        },
         extra_eval={"reference:logits": reference["logits"]},
-        notes=["tokens are UTF-8 bytes; labels are the next byte of each position",
-               "LayerNorm exports decomposed below opset 17 and as LayerNormalization from 17"],
+        notes=[
+            "tokens are UTF-8 bytes; labels are the next byte of each position",
+            "LayerNorm exports decomposed below opset 17 and as LayerNormalization from 17",
+        ],
     )

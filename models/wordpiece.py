@@ -45,9 +45,16 @@ def _is_punctuation(ch: str) -> bool:
 
 
 def _is_cjk(code: int) -> bool:
-    return (0x4E00 <= code <= 0x9FFF or 0x3400 <= code <= 0x4DBF or 0x20000 <= code <= 0x2A6DF
-            or 0x2A700 <= code <= 0x2B73F or 0x2B740 <= code <= 0x2B81F or 0x2B820 <= code <= 0x2CEAF
-            or 0xF900 <= code <= 0xFAFF or 0x2F800 <= code <= 0x2FA1F)
+    return (
+        0x4E00 <= code <= 0x9FFF
+        or 0x3400 <= code <= 0x4DBF
+        or 0x20000 <= code <= 0x2A6DF
+        or 0x2A700 <= code <= 0x2B73F
+        or 0x2B740 <= code <= 0x2B81F
+        or 0x2B820 <= code <= 0x2CEAF
+        or 0xF900 <= code <= 0xFAFF
+        or 0x2F800 <= code <= 0x2FA1F
+    )
 
 
 def normalize(text: str) -> str:
@@ -124,7 +131,9 @@ class WordPieceTokenizer:
         pieces = self.tokenize(text)[: max_length - 2]
         return [self.vocab[self.cls], *(self.vocab[p] for p in pieces), self.vocab[self.sep]]
 
-    def batch(self, texts: list[str], max_length: int = 128, pad_to: int | None = None) -> dict[str, np.ndarray]:
+    def batch(
+        self, texts: list[str], max_length: int = 128, pad_to: int | None = None
+    ) -> dict[str, np.ndarray]:
         """``input_ids``, ``attention_mask``, ``token_type_ids`` (int64), right-padded to the longest text
         (or to ``pad_to``)."""
         encoded = [self.encode(text, max_length) for text in texts]

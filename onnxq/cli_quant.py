@@ -88,10 +88,11 @@ def _print_report(report) -> None:
     stderr.print(
         f"target {report.target}, {report.precision}, {report.method}: worst output error {report.error:.4f} "
         f"(budget {report.max_error:g}) {verdict}; {len(report.layers)} layers quantized, "
-        f"{len(report.kept_float)} kept float, {len(report.rounds)} verification rounds"
+        f"{len(report.kept_float)} kept float, {len(report.rounds)} verification rounds",
+        soft_wrap=True,
     )
     if report.speedup:
-        stderr.print(f"measured speed-up over FP32 on this machine: {report.speedup:.2f}x")
+        stderr.print(f"measured speed-up over FP32 on this machine: {report.speedup:.2f}x", soft_wrap=True)
     if report.kept_float and FLAGS.verbose:
         table = Table("node", "kept float because")
         for node, reason in sorted(report.kept_float.items()):

@@ -54,3 +54,8 @@ class ValidationError(OnnxqError):
     """A model onnxq produced failed onnx.checker or ONNX Runtime loading; it was not written."""
 
     exit_code = 1
+
+
+class CalibrationDataError(OnnxqError):
+    """Calibration samples that cannot be used: unreadable file, wrong input names, shapes, dtypes, NaN/Inf,
+    an empty set. The message names the input and the sample."""

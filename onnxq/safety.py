@@ -15,6 +15,8 @@ from pathlib import Path
 
 import onnx
 import onnx_ir as ir
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
 from onnxq.errors import InvalidModelError, UnsafeModelError
 
@@ -22,6 +24,7 @@ from onnxq.errors import InvalidModelError, UnsafeModelError
 MAX_TENSOR_ELEMENTS = 2**36
 #: A model may not have more initializers / nodes than this.
 MAX_GRAPH_ITEMS = 5_000_000
+_DATA_TYPES = frozenset(onnx.TensorProto.DataType.values())
 
 
 def iter_graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
@@ -87,6 +90,8 @@ def resolve_external_location(location: str, base_dir: Path, tensor_name: str) -
 
 
 def check_tensor_size(tensor: onnx.TensorProto) -> None:
+    if tensor.data_type == onnx.TensorProto.UNDEFINED or tensor.data_type not in _DATA_TYPES:
+        raise InvalidModelError(f"tensor '{tensor.name}' has an unknown data type {tensor.data_type}")
     if any(d < 0 for d in tensor.dims):
         raise InvalidModelError(f"tensor '{tensor.name}' has a negative dimension {list(tensor.dims)}")
     count = math.prod(tensor.dims) if tensor.dims else 1
@@ -108,11 +113,27 @@ def tensor_nbytes(tensor: onnx.TensorProto) -> int | None:
     return math.ceil(math.prod(tensor.dims) * bits / 8)
 
 
+def find_non_utf8_field(message: Message) -> str | None:
+    """The first string field holding bytes that are not UTF-8 (protobuf hands those back as ``bytes``)."""
+    for field, value in message.ListFields():
+        if field.type == FieldDescriptor.TYPE_STRING:
+            values = [value] if isinstance(value, (str, bytes)) else value
+            if any(isinstance(v, bytes) for v in values):
+                return field.full_name
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            for item in [value] if isinstance(value, Message) else value:
+                if found := find_non_utf8_field(item):
+                    return found
+    return None
+
+
 def check_model_proto(model: onnx.ModelProto, base_dir: Path) -> list[Path]:
     """Run every safety check on a model proto loaded without its external data.
 
     Returns the external-data files the model references (resolved), so callers can protect them.
     """
+    if field := find_non_utf8_field(model):
+        raise InvalidModelError(f"field {field} holds bytes that are not valid UTF-8 text (corrupted file?)")
     if len(model.graph.node) > MAX_GRAPH_ITEMS or len(model.graph.initializer) > MAX_GRAPH_ITEMS:
         raise UnsafeModelError(f"model has more than {MAX_GRAPH_ITEMS} nodes or initializers; refusing it")
     files: dict[Path, int] = {}
@@ -152,8 +173,8 @@ def check_model_proto(model: onnx.ModelProto, base_dir: Path) -> list[Path]:
         needed = tensor_nbytes(tensor)
         if length is not None and needed is not None and length < needed:
             raise InvalidModelError(
-                f"tensor '{tensor.name}' needs {needed} bytes (dims {list(tensor.dims)}) but its external-data "
-                f"length is {length}"
+                f"tensor '{tensor.name}' needs {needed} bytes (dims {list(tensor.dims)}) but its "
+                f"external-data length is {length}"
             )
         end = offset + (length if length is not None else needed or 0)
         size = files.setdefault(path, os.path.getsize(path))

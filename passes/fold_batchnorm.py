@@ -20,8 +20,9 @@ Where the output channels sit in ``W``:
   ``MatMul + Add``. A rank>2 MatMul output puts a different axis at position 1, so it never folds.
 
 A BN with no foldable producer becomes ``Mul(x, s) + t`` with ``s``, ``t`` shaped ``[C, 1, ..., 1]`` to
-broadcast over axis 1 (``[C]`` for a rank-2 input). The arithmetic is done in float64 and the results are
-cast back to the weight's (or the activation's) dtype, so float16/float32/double models keep their types.
+broadcast over axis 1 (``[C]`` for a rank-2 input). The factors ``s``, ``t`` are computed in float64; weights
+are scaled in their own dtype (a float64 copy of a large weight would double peak memory for one rounding
+step), so float16/float32/double models keep their types.
 """
 
 from __future__ import annotations
@@ -148,9 +149,19 @@ class _FoldIntoLinear(RewriteRuleClassBase):
             return channels
         if channels != scale.shape[0]:
             return f"{self.op_type} has {channels} output channels, BatchNormalization {scale.shape[0]}"
-        folded_weight = self._scale_weight(weight.astype(np.float64), scale, linear)
+        # Scale in the weight's own dtype: a float64 copy of a 64 MiB weight costs 256 MiB of peak RAM for one
+        # rounding step of difference (the per-channel factors themselves are computed in float64).
+        folded_weight = self._scale_weight(weight, scale.astype(weight.dtype), linear)
         folded_bias = self._fold_bias(bias, scale, shift, linear)
-        return _Fold(folded_weight.astype(weight.dtype), folded_bias.astype(weight.dtype))
+        dtype = weight.dtype
+        del weight  # a view into the memory map: drop it so the map can be released
+        source = linear.inputs[1].const_value
+        if isinstance(source, ir.ExternalTensor):
+            try:
+                source.release()  # unmap the original weight; onnx-ir maps it again if it is read later
+            except BufferError:
+                logger.debug("weight of %s is still referenced; its memory map stays", linear.name)
+        return _Fold(folded_weight.astype(dtype), folded_bias.astype(dtype))
 
     def _fold_bias(self, bias: np.ndarray | None, scale: np.ndarray, shift: np.ndarray, node: ir.Node):
         if bias is None:

@@ -22,9 +22,20 @@ from onnxq.pass_api import OnnxqPass, register_pass
 NEVER_FOLD = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
 
 
+#: ConstantOfShape outputs up to this many elements are folded (onnxscript never folds the op itself, which
+#: leaves exporters' pad computations, e.g. torch's F.pad for TF-style "same" padding, as live subgraphs).
+CONSTANT_OF_SHAPE_LIMIT = 1024
+
+
 def _should_fold(node: ir.Node) -> bool | None:
-    if node.domain in ("", "ai.onnx") and node.op_type in NEVER_FOLD:
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type in NEVER_FOLD:
         return False
+    if node.op_type == "ConstantOfShape":
+        shape = node.inputs[0].const_value if node.inputs and node.inputs[0] is not None else None
+        if shape is not None and int(abs(shape.numpy()).prod()) <= CONSTANT_OF_SHAPE_LIMIT:
+            return True
     return None  # onnxscript's default rules decide
 
 
@@ -42,6 +53,7 @@ class FoldConstantsPass(OnnxqPass):
     2. ``Constant`` nodes become initializers.
     3. Shape computations on statically known shapes are folded.
     4. QuantizeLinear / DequantizeLinear are never folded (they carry quantized weights).
+    5. ConstantOfShape with a constant shape of at most 1024 elements is folded (pad computations).
     """
 
     name = "fold-constants"

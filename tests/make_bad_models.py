@@ -29,7 +29,9 @@ X = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
 Y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
 
 
-def make_model(nodes, *, inits=(), opset: int = 17, ir_version: int = 8, inputs=(X,), outputs=(Y,), functions=()):
+def make_model(
+    nodes, *, inits=(), opset: int = 17, ir_version: int = 8, inputs=(X,), outputs=(Y,), functions=()
+):
     graph = helper.make_graph(list(nodes), "g", list(inputs), list(outputs), list(inits))
     opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(f.domain, 1) for f in functions]
     model = helper.make_model(graph, opset_imports=opsets, functions=list(functions))
@@ -132,12 +134,50 @@ def _raw_data_mismatch() -> onnx.ModelProto:
     return make_model([node("MatMul", ["x", "w"], ["y"])], inits=[w])
 
 
+def _retyped(tensor: int | None = None, value: int | None = None) -> onnx.ModelProto:
+    """The good model with initializer 'w' or input 'x' set to a data type number onnx does not define."""
+    model = good_model()
+    if tensor is not None:
+        model.graph.initializer[0].data_type = tensor
+    if value is not None:
+        model.graph.input[0].type.tensor_type.elem_type = value
+    return model
+
+
 def _sparse_initializer() -> onnx.ModelProto:
     values = numpy_helper.from_array(np.ones(1, np.float32), "s")
     indices = numpy_helper.from_array(np.zeros(1, np.int64), "s_idx")
     model = make_model([node("Add", ["x", "s"], ["y"])])
     model.graph.sparse_initializer.append(helper.make_sparse_tensor(values, indices, [1, 4]))
     return model
+
+
+def _with_if(then_nodes: list[onnx.NodeProto]) -> onnx.ModelProto:
+    """y = If(cond) with ``then_nodes`` (writing 't') as the then-branch."""
+    out = helper.make_tensor_value_info("t", TensorProto.FLOAT, [1, 4])
+    then = helper.make_graph(then_nodes, "then", [], [out])
+    other = helper.make_graph([node("Identity", ["x"], ["t"])], "else", [], [out])
+    cond = numpy_helper.from_array(np.array(True), "cond")
+    return make_model([node("If", ["cond"], ["y"], then_branch=then, else_branch=other)], inits=[cond])
+
+
+def _with_ir_version(version: int) -> Callable[[], onnx.ModelProto]:
+    def build() -> onnx.ModelProto:
+        model = good_model()
+        model.ir_version = version
+        return model
+
+    return build
+
+
+def _op_type_not_utf8() -> bytes:
+    return good_model().SerializeToString().replace(b"MatMul", b"M\xffTMul")  # same length: still parses
+
+
+def _producer_not_utf8() -> bytes:
+    model = good_model()
+    model.producer_name = "PRODUCER"
+    return model.SerializeToString().replace(b"PRODUCER", b"PRO\xe2UCER")
 
 
 def _no_graph() -> onnx.ModelProto:
@@ -148,17 +188,26 @@ def _no_graph() -> onnx.ModelProto:
 
 @dataclass(frozen=True)
 class BadModel:
-    """A model file onnxq must refuse on load (``optimize`` and ``inspect``) with a message containing ``expect``."""
+    """A file onnxq must refuse on load (``optimize``, ``inspect``) with a message containing ``expect``."""
 
     name: str
     write: Callable[[Path], Path]
     expect: str
 
 
+def _graph(nodes: list[onnx.NodeProto], **kwargs) -> Callable[[Path], Path]:
+    return _write_proto(lambda: make_model(nodes, **kwargs))
+
+
+n = node
+PNG = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0\x1f\x15\xc4\x89"
+ONES = numpy_helper.from_array(np.ones((1, 1, 1, 1), np.float32), "w")
+DANGLING = "is produced by no node and is neither a graph input nor an initializer"
+
+# fmt: off
 BAD_MODELS: list[BadModel] = [
     BadModel("text-file", _write_bytes(b"this is not an onnx model\n"), "is not an ONNX model"),
-    BadModel("png-bytes", _write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0\x1f\x15\xc4\x89"),
-             "is not an ONNX model"),
+    BadModel("png-bytes", _write_bytes(PNG), "is not an ONNX model"),
     BadModel("json-text", _write_bytes(b'{"graph": {"node": []}}'), "is not an ONNX model"),
     BadModel("empty-file", _write_bytes(b""), "is empty"),
     BadModel("random-bytes", _write_bytes(np.random.default_rng(0).bytes(4096)), "is not an ONNX model"),
@@ -168,51 +217,69 @@ BAD_MODELS: list[BadModel] = [
              "holds no ONNX graph"),
     BadModel("truncated-before-opsets", _write_bytes(_cut_before_opsets), "declares no opset imports"),
     BadModel("no-graph", _write_proto(_no_graph), "holds no ONNX graph"),
-    BadModel("cycle", _write_proto(lambda: make_model(
-        [node("Add", ["x", "b"], ["a"], name="add"), node("Relu", ["a"], ["b"]), node("Relu", ["a"], ["y"])])),
-        "has a cycle through node Add 'add'"),
-    BadModel("dangling-input", _write_proto(lambda: make_model([node("Add", ["x", "ghost"], ["y"])])),
-             "input 'ghost' of node Add (unnamed) is produced by no node"),
-    BadModel("missing-initializer", _write_proto(lambda: make_model([node("MatMul", ["x", "w"], ["y"])])),
-             "input 'w' of node MatMul (unnamed) is produced by no node and is neither a graph input nor an "
-             "initializer"),
-    BadModel("duplicate-output-name", _write_proto(lambda: make_model(
-        [node("Relu", ["x"], ["y"]), node("Sigmoid", ["x"], ["y"])])), "'y' has been used as output names multiple"),
-    BadModel("node-output-shadows-graph-input", _write_proto(lambda: make_model(
-        [node("Relu", ["x"], ["x"]), node("Relu", ["x"], ["y"])])), "'x' has been used as output names multiple"),
-    BadModel("unknown-op", _write_proto(lambda: make_model([node("Frobnicate", ["x"], ["y"])])),
-             "No Op registered for Frobnicate"),
-    BadModel("opset-99", _write_proto(lambda: make_model([node("Relu", ["x"], ["y"])], opset=99)),
+    BadModel("name-not-utf8", _write_bytes(_op_type_not_utf8),
+             "field onnx.NodeProto.op_type holds bytes that are not valid UTF-8"),
+    BadModel("producer-not-utf8", _write_bytes(_producer_not_utf8),
+             "field onnx.ModelProto.producer_name holds bytes that are not valid UTF-8"),
+    BadModel("cycle", _graph([n("Add", ["x", "b"], ["a"], name="add"), n("Relu", ["a"], ["b"]),
+                              n("Relu", ["a"], ["y"])]), "has a cycle through node Add 'add'"),
+    BadModel("dangling-input", _graph([n("Add", ["x", "ghost"], ["y"])]),
+             f"input 'ghost' of node Add (unnamed) {DANGLING}"),
+    BadModel("missing-initializer", _graph([n("MatMul", ["x", "w"], ["y"])]),
+             f"input 'w' of node MatMul (unnamed) {DANGLING}"),
+    BadModel("dangling-input-in-if-branch", _write_proto(lambda: _with_if([n("Add", ["x", "ghost"], ["t"])])),
+             f"input 'ghost' of node Add (unnamed) {DANGLING}"),
+    BadModel("cycle-in-if-branch", _write_proto(lambda: _with_if(
+        [n("Relu", ["b"], ["a"]), n("Relu", ["a"], ["b"]), n("Identity", ["a"], ["t"])])),
+        "graph 'then' has a cycle through node Relu"),
+    BadModel("no-graph-outputs", _graph([n("Relu", ["x"], ["y"])], outputs=()),
+             "the model's graph has no outputs"),
+    BadModel("ir-version-99", _write_proto(_with_ir_version(99)), "ir_version 99 is higher than the checker"),
+    BadModel("ir-version-unset", _write_proto(_with_ir_version(0)), "does not have an ir_version set"),
+    BadModel("attribute-of-wrong-type", _graph([n("Conv", ["x", "w"], ["y"], strides=[1.5])], inits=[ONES]),
+             "Mismatched attribute type in ' : strides'"),
+    BadModel("duplicate-output-name", _graph([n("Relu", ["x"], ["y"]), n("Sigmoid", ["x"], ["y"])]),
+             "'y' has been used as output names multiple"),
+    BadModel("node-output-shadows-graph-input", _graph([n("Relu", ["x"], ["x"]), n("Relu", ["x"], ["y"])]),
+             "'x' has been used as output names multiple"),
+    BadModel("unknown-op", _graph([n("Frobnicate", ["x"], ["y"])]), "No Op registered for Frobnicate"),
+    BadModel("opset-99", _graph([n("Relu", ["x"], ["y"])], opset=99),
              "uses ai.onnx opset 99, newer than the installed onnx knows"),
-    BadModel("opset-1", _write_proto(lambda: make_model([node("Relu", ["x"], ["y"])], opset=1, ir_version=3)),
+    BadModel("opset-1", _graph([n("Relu", ["x"], ["y"])], opset=1, ir_version=3),
              "uses ai.onnx opset 1; ONNX Runtime runs opset 7 and newer"),
-    BadModel("external-data-missing", _missing_external_file, "external data file 'm.data' of tensor 'w' is missing"),
-    BadModel("external-data-truncated", _external_data_cut(70), "tensor 'b' reads bytes 64..80 of 'm.data', which has only 70"),
+    BadModel("external-data-missing", _missing_external_file,
+             "external data file 'm.data' of tensor 'w' is missing"),
+    BadModel("external-data-truncated", _external_data_cut(70),
+             "tensor 'b' reads bytes 64..80 of 'm.data', which has only 70"),
     BadModel("external-data-offset-past-end", _external_data_cut(80, offset=70),
              "tensor 'w' reads bytes 70..134 of 'm.data', which has only 80"),
     BadModel("external-data-length-too-small", _external_data_cut(80, length=8),
              "tensor 'w' needs 64 bytes (dims [4, 4]) but its external-data length is 8"),
-    BadModel("external-data-negative-offset", _external_data_cut(80, offset=-4), "negative external-data offset"),
-    BadModel("external-data-bad-offset", _external_data_cut(80, offset="4k"), "malformed external-data entry"),
-    BadModel("raw-data-size-mismatch", _write_proto(_raw_data_mismatch), "holds 40 bytes of raw data, but its dims"),
+    BadModel("external-data-negative-offset", _external_data_cut(80, offset=-4), "negative external-data"),
+    BadModel("external-data-bad-offset", _external_data_cut(80, offset="4k"), "malformed external-data"),
+    BadModel("raw-data-size-mismatch", _write_proto(_raw_data_mismatch), "holds 40 bytes of raw data, but"),
+    BadModel("tensor-unknown-data-type", _write_proto(lambda: _retyped(tensor=33)),
+             "tensor 'w' has an unknown data type 33"),
+    BadModel("input-unknown-elem-type", _write_proto(lambda: _retyped(value=33)), "Invalid tensor data type 33"),
     BadModel("sparse-initializer", _write_proto(_sparse_initializer), "has sparse initializers ('s')"),
-    BadModel("huge-tensor", _write_proto(lambda: make_model([node("Add", ["x", "w"], ["y"])], inits=[huge_tensor()])),
+    BadModel("huge-tensor", _graph([n("Add", ["x", "w"], ["y"])], inits=[huge_tensor()]),
              "tensor 'w' claims 1099511627776 elements"),
     BadModel("file-does-not-exist", lambda folder: folder / "absent.onnx", "does not exist"),
     BadModel("path-is-a-directory", lambda folder: folder, "is a directory, not an ONNX model file"),
 ]
+# fmt: on
 
 
 @dataclass(frozen=True)
 class BadCommand:
     """An ``optimize`` command line on a valid model that onnxq must refuse.
 
-    ``args`` follow ``optimize {model}``; ``{model}``, ``{dir}`` (the model's folder) and ``{out}``
-    (``{dir}/out.onnx``) are filled in. ``setup(folder)`` prepares extra files.
+    ``args`` (shell words) follow ``optimize {model}``; ``{model}``, ``{dir}`` (the model's folder),
+    ``{dirname}`` and ``{out}`` (``{dir}/out.onnx``) are filled in. ``setup(folder)`` prepares extra files.
     """
 
     name: str
-    args: tuple[str, ...]
+    args: str
     expect: str
     setup: Callable[[Path], None] | None = None
     needs_non_root: bool = False
@@ -233,51 +300,53 @@ def _read_only_folder(folder: Path) -> None:
 
 
 CHEAP = "fold-constants,dce,topo-sort"
-OUT = ("-o", "{out}")
+C = BadCommand
 
+# fmt: off
 BAD_COMMANDS: list[BadCommand] = [
-    BadCommand("unknown-pass", (*OUT, "--passes", "fold-constants,frobnicate"),
-               "unknown pass or pipeline 'frobnicate'; known: cleanup, dce, default,"),
-    BadCommand("passes-uppercase", (*OUT, "--passes", "Fold-Constants"), "cannot parse pipeline item 'Fold-Constants'"),
-    BadCommand("passes-unclosed-brace", (*OUT, "--passes", "fold-constants{input_size_limit=8"),
-               "cannot parse pipeline item 'fold-constants{input_size_limit=8'"),
-    BadCommand("passes-stray-brace", (*OUT, "--passes", "dce}"), "cannot parse pipeline item 'dce}'"),
-    BadCommand("passes-option-not-int", (*OUT, "--passes", "fold-constants{input_size_limit=abc}"),
-               "option 'input_size_limit' expects int, got 'abc'"),
-    BadCommand("passes-unknown-option", (*OUT, "--passes", "fold-constants{bogus=1}"),
-               "unknown option of pass 'fold-constants' 'bogus'; known: input_size_limit"),
-    BadCommand("passes-option-without-value", (*OUT, "--passes", "fold-constants{input_size_limit}"),
-               "option 'input_size_limit' must be key=value"),
-    BadCommand("passes-empty", (*OUT, "--passes", ""), "empty pass pipeline"),
-    BadCommand("input-shape-not-integer", (*OUT, "--passes", CHEAP, "--input-shape", "x=1xfoo"),
-               "--input-shape 'x=1xfoo': dims must be integers"),
-    BadCommand("input-shape-no-name", (*OUT, "--passes", CHEAP, "--input-shape", "1x4"), "must look like NAME="),
-    BadCommand("input-shape-zero-dim", (*OUT, "--passes", CHEAP, "--input-shape", "x=0x4"), "dims must be positive"),
-    BadCommand("input-shape-unknown-input", (*OUT, "--passes", CHEAP, "--input-shape", "q=1x4"),
-               "unknown model input 'q'; known: x"),
-    BadCommand("input-shape-wrong-rank", (*OUT, "--passes", CHEAP, "--input-shape", "x=1x4x4"),
-               "input 'x' has rank 2"),
-    BadCommand("input-shape-conflicts-static-dim", (*OUT, "--passes", CHEAP, "--input-shape", "x=2x4"),
-               "input 'x' axis 0 is fixed at 1"),
-    BadCommand("no-output", ("--passes", CHEAP), "no output given: pass -o OUT, or --in-place"),
-    BadCommand("output-is-a-directory", ("-o", "{dir}", "--passes", CHEAP), "is a directory; give a file path"),
-    BadCommand("output-folder-missing", ("-o", "{dir}/missing/o.onnx", "--passes", CHEAP),
-               "output folder '{dir}/missing' does not exist"),
-    BadCommand("output-under-proc", ("-o", "/proc/onnxq-test.onnx", "--passes", CHEAP), "output folder '/proc'"),
-    BadCommand("output-folder-read-only", ("-o", "{dir}/ro/o.onnx", "--passes", CHEAP),
-               "output folder '{dir}/ro' is not writable", setup=_read_only_folder, needs_non_root=True),
-    BadCommand("output-is-input", ("-o", "{model}", "--passes", CHEAP), "is the input file"),
-    BadCommand("output-is-input-other-spelling", ("-o", "{dir}/../{dirname}/./m.onnx", "--passes", CHEAP),
-               "is the input file"),
-    BadCommand("output-is-symlink-to-input", ("-o", "{dir}/link.onnx", "--passes", CHEAP), "is the input file",
-               setup=_symlink_to_model),
-    BadCommand("output-is-input-data", ("-o", "{dir}/" + BASE_DATA_NAME, "--passes", CHEAP), "is the input file"),
-    BadCommand("output-data-overwrites-input-data", ("-o", "{dir}/o.onnx", "--external-data", "--passes", CHEAP),
-               "would overwrite the input's data"),
-    BadCommand("verify-data-missing", (*OUT, "--passes", CHEAP, "--verify-data", "{dir}/none.npz"),
-               "data file '{dir}/none.npz' does not exist"),
-    BadCommand("verify-data-not-npz", (*OUT, "--passes", CHEAP, "--verify-data", "{model}"), "is not a readable .npz"),
+    C("unknown-pass", "-o {out} --passes fold-constants,frobnicate",
+      "unknown pass or pipeline 'frobnicate'; known: cleanup, dce, default,"),
+    C("passes-uppercase", "-o {out} --passes Fold-Constants", "cannot parse pipeline item 'Fold-Constants'"),
+    C("passes-unclosed-brace", "-o {out} --passes 'fold-constants{input_size_limit=8'",
+      "cannot parse pipeline item 'fold-constants{input_size_limit=8'"),
+    C("passes-stray-brace", "-o {out} --passes 'dce}'", "cannot parse pipeline item 'dce}'"),
+    C("passes-option-not-int", "-o {out} --passes 'fold-constants{input_size_limit=abc}'",
+      "option 'input_size_limit' expects int, got 'abc'"),
+    C("passes-unknown-option", "-o {out} --passes 'fold-constants{bogus=1}'",
+      "unknown option of pass 'fold-constants' 'bogus'; known: input_size_limit"),
+    C("passes-option-without-value", "-o {out} --passes 'fold-constants{input_size_limit}'",
+      "option 'input_size_limit' must be key=value"),
+    C("passes-empty", "-o {out} --passes ''", "empty pass pipeline"),
+    C("input-shape-not-integer", f"-o {{out}} --passes {CHEAP} --input-shape x=1xfoo",
+      "--input-shape 'x=1xfoo': dims must be integers"),
+    C("input-shape-no-name", f"-o {{out}} --passes {CHEAP} --input-shape 1x4", "must look like NAME="),
+    C("input-shape-zero-dim", f"-o {{out}} --passes {CHEAP} --input-shape x=0x4", "dims must be positive"),
+    C("input-shape-unknown-input", f"-o {{out}} --passes {CHEAP} --input-shape q=1x4",
+      "unknown model input 'q'; known: x"),
+    C("input-shape-wrong-rank", f"-o {{out}} --passes {CHEAP} --input-shape x=1x4x4", "input 'x' has rank 2"),
+    C("input-shape-conflicts-static-dim", f"-o {{out}} --passes {CHEAP} --input-shape x=2x4",
+      "input 'x' axis 0 is fixed at 1"),
+    C("no-output", f"--passes {CHEAP}", "no output given: pass -o OUT, or --in-place"),
+    C("output-is-a-directory", f"-o {{dir}} --passes {CHEAP}", "is a directory; give a file path"),
+    C("output-folder-missing", f"-o {{dir}}/missing/o.onnx --passes {CHEAP}",
+      "output folder '{dir}/missing' does not exist"),
+    C("output-under-proc", f"-o /proc/onnxq-test.onnx --passes {CHEAP}", "output folder '/proc'"),
+    C("output-folder-read-only", f"-o {{dir}}/ro/o.onnx --passes {CHEAP}",
+      "output folder '{dir}/ro' is not writable",
+      setup=_read_only_folder, needs_non_root=True),
+    C("output-is-input", f"-o {{model}} --passes {CHEAP}", "is the input file"),
+    C("output-is-input-other-spelling", f"-o {{dir}}/../{{dirname}}/./m.onnx --passes {CHEAP}",
+      "is the input file"),
+    C("output-is-symlink-to-input", f"-o {{dir}}/link.onnx --passes {CHEAP}", "is the input file",
+      setup=_symlink_to_model),
+    C("output-is-input-data", f"-o {{dir}}/{BASE_DATA_NAME} --passes {CHEAP}", "is the input file"),
+    C("output-data-overwrites-input-data", f"-o {{dir}}/o.onnx --external-data --passes {CHEAP}",
+      "would overwrite the input's data"),
+    C("verify-data-missing", f"-o {{out}} --passes {CHEAP} --verify-data {{dir}}/none.npz",
+      "data file '{dir}/none.npz' does not exist"),
+    C("verify-data-not-npz", f"-o {{out}} --passes {CHEAP} --verify-data {{model}}", "not a readable .npz"),
 ]
+# fmt: on
 
 
 def main(argv: list[str]) -> int:

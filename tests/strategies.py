@@ -49,7 +49,7 @@ class FuzzCase:
 
 
 class GraphBuilder:
-    """Appends nodes to a chain; ``self.x`` is the running tensor and ``self.shape`` its shape (batch first)."""
+    """Appends nodes to a chain; ``self.x`` is the running tensor, ``self.shape`` its shape (batch first)."""
 
     def __init__(self, opset: int, seed: int, shape: tuple[int, ...]):
         self.opset, self.rng, self.shape = opset, np.random.default_rng(seed), shape
@@ -97,7 +97,9 @@ def _activation(draw, b: GraphBuilder, x: str) -> tuple[str, str]:
     if kind == "relu6":
         return b.op("Clip", [x, b.const(0.0, "zero"), b.const(6.0, "six")]), kind
     if kind in ("hardswish", "hardsigmoid"):
-        clipped = b.op("Clip", [b.op("Add", [x, b.const(3.0, "three")]), b.const(0.0, "zero"), b.const(6.0, "six")])
+        clipped = b.op(
+            "Clip", [b.op("Add", [x, b.const(3.0, "three")]), b.const(0.0, "zero"), b.const(6.0, "six")]
+        )
         if kind == "hardsigmoid":
             return b.op("Div", [clipped, b.const(6.0, "six")]), kind
         form = draw(st.sampled_from(["div", "mul-sixth", "swapped"]))
@@ -111,8 +113,12 @@ def _activation(draw, b: GraphBuilder, x: str) -> tuple[str, str]:
 
 def _batchnorm(b: GraphBuilder, x: str, channels: int) -> str:
     r = b.rng
-    params = [b.const(r.uniform(0.5, 1.5, channels), "gamma"), b.const(r.normal(0, 0.2, channels), "beta"),
-              b.const(r.normal(0, 0.2, channels), "mean"), b.const(r.uniform(0.5, 2.0, channels), "var")]
+    params = [
+        b.const(r.uniform(0.5, 1.5, channels), "gamma"),
+        b.const(r.normal(0, 0.2, channels), "beta"),
+        b.const(r.normal(0, 0.2, channels), "mean"),
+        b.const(r.uniform(0.5, 2.0, channels), "var"),
+    ]
     return b.op("BatchNormalization", [x, *params], epsilon=float(r.choice([1e-5, 1e-3])))
 
 
@@ -125,7 +131,14 @@ def conv_block(draw, b: GraphBuilder) -> str:
     inputs = [b.x, b.weight((cout, 1 if depthwise else c, k, k))]
     if draw(st.booleans()):
         inputs.append(b.const(b.rng.normal(0, 0.1, cout), "bias"))
-    y = b.op("Conv", inputs, kernel_shape=[k, k], pads=[k // 2] * 4, strides=[stride] * 2, group=c if depthwise else 1)
+    y = b.op(
+        "Conv",
+        inputs,
+        kernel_shape=[k, k],
+        pads=[k // 2] * 4,
+        strides=[stride] * 2,
+        group=c if depthwise else 1,
+    )
     bn = draw(st.booleans())
     if bn:
         y = _batchnorm(b, y, cout)
@@ -177,8 +190,11 @@ def concat_block(draw, b: GraphBuilder) -> str:
     _, c, h, w = b.shape
     if 2 * c > 8:
         return relu_block(draw, b)
-    other = b.op("Relu", [b.x]) if draw(st.booleans()) else b.op(
-        "Conv", [b.x, b.weight((c, c, 1, 1))], kernel_shape=[1, 1])
+    other = (
+        b.op("Relu", [b.x])
+        if draw(st.booleans())
+        else b.op("Conv", [b.x, b.weight((c, c, 1, 1))], kernel_shape=[1, 1])
+    )
     b.x = b.op("Concat", [b.x, other], axis=1)
     b.shape = (b.shape[0], 2 * c, h, w)
     return "concat"
@@ -307,10 +323,32 @@ def sequence_reshape_block(draw, b: GraphBuilder) -> str:
     return relu_block(draw, b)
 
 
-IMAGE_BLOCKS = [conv_block, conv_block, conv_transpose_block, batchnorm_block, pool_block, scale_shift_block,
-                concat_block, transpose_round_trip_block, residual_block, activation_block, noop_block, flatten_block]
-VECTOR_BLOCKS = [matmul_block, matmul_block, layernorm_block, gelu_block, activation_block, residual_block,
-                 transpose_round_trip_block, noop_block, scale_shift_block, sequence_reshape_block]
+IMAGE_BLOCKS = [
+    conv_block,
+    conv_block,
+    conv_transpose_block,
+    batchnorm_block,
+    pool_block,
+    scale_shift_block,
+    concat_block,
+    transpose_round_trip_block,
+    residual_block,
+    activation_block,
+    noop_block,
+    flatten_block,
+]
+VECTOR_BLOCKS = [
+    matmul_block,
+    matmul_block,
+    layernorm_block,
+    gelu_block,
+    activation_block,
+    residual_block,
+    transpose_round_trip_block,
+    noop_block,
+    scale_shift_block,
+    sequence_reshape_block,
+]
 
 
 @st.composite
@@ -336,10 +374,15 @@ def fuzz_models(draw, max_blocks: int = 6) -> FuzzCase:
     b.nodes.append(helper.make_node("Identity", [b.x], ["y"], name="output"))
     dims = ["N" if draw(st.booleans()) else batch, *shape[1:]]
     graph = helper.make_graph(
-        b.nodes, "fuzz", [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [dims[0], *b.shape[1:]])], b.inits,
+        b.nodes,
+        "fuzz",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [dims[0], *b.shape[1:]])],
+        b.inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="onnxq-fuzz")
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="onnxq-fuzz"
+    )
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
     return FuzzCase(model, batch, labels)

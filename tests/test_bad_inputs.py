@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,15 @@ import onnx
 import onnx_ir as ir
 import pytest
 
-from make_bad_models import BAD_COMMANDS, BAD_MODELS, CHEAP, BadCommand, BadModel, good_model, write_base_model
+from make_bad_models import (
+    BAD_COMMANDS,
+    BAD_MODELS,
+    CHEAP,
+    BadCommand,
+    BadModel,
+    good_model,
+    write_base_model,
+)
 from onnxq import model_io, numerics, pass_api
 from onnxq.cli import main
 from onnxq.errors import ValidationError
@@ -80,14 +89,19 @@ def test_bad_command_line_is_refused(case: BadCommand, tmp_path: Path, capsys):
     model = write_base_model(folder)
     if case.setup:
         case.setup(folder)
-    values = {"model": str(model), "dir": str(folder), "dirname": folder.name, "out": str(folder / "out.onnx")}
+    values = {
+        "model": str(model),
+        "dir": str(folder),
+        "dirname": folder.name,
+        "out": str(folder / "out.onnx"),
+    }
 
     def fill(text: str) -> str:
         for key, value in values.items():
             text = text.replace("{" + key + "}", value)
         return text
 
-    argv = ["optimize", str(model), *map(fill, case.args)]
+    argv = ["optimize", str(model), *map(fill, shlex.split(case.args))]
     before = snapshot(tmp_path)
     code, out, err = run_cli(argv, capsys)
     assert_one_line_error(code, err, fill(case.expect))
@@ -96,16 +110,21 @@ def test_bad_command_line_is_refused(case: BadCommand, tmp_path: Path, capsys):
 
 def test_unknown_pass_lists_every_valid_choice(tmp_path: Path, capsys):
     model = write_base_model(tmp_path)
-    code, _, err = run_cli(["optimize", str(model), "-o", str(tmp_path / "o.onnx"), "--passes", "nope"], capsys)
+    code, _, err = run_cli(
+        ["optimize", str(model), "-o", str(tmp_path / "o.onnx"), "--passes", "nope"], capsys
+    )
     assert_one_line_error(code, err, "unknown pass or pipeline 'nope'")
     for name in [*pass_api.available_passes(), "default", "cleanup"]:
         assert name in err
 
 
-@pytest.mark.parametrize("argv_tail,expect", [
-    (["--passes", "frobnicate"], "unknown pass or pipeline 'frobnicate'"),
-    ([], "truncated or corrupted"),
-])
+@pytest.mark.parametrize(
+    "argv_tail,expect",
+    [
+        (["--passes", "frobnicate"], "unknown pass or pipeline 'frobnicate'"),
+        ([], "truncated or corrupted"),
+    ],
+)
 def test_entry_point_exit_code_in_a_subprocess(tmp_path: Path, argv_tail, expect):
     path = tmp_path / "m.onnx"
     data = good_model().SerializeToString()
@@ -114,7 +133,9 @@ def test_entry_point_exit_code_in_a_subprocess(tmp_path: Path, argv_tail, expect
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "onnxq.cli"]
     result = subprocess.run(
         [*cmd, "optimize", str(path), "-o", str(tmp_path / "o.onnx"), *argv_tail],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert_one_line_error(result.returncode, result.stderr, expect)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
@@ -162,7 +183,9 @@ def test_validation_failure_during_save_leaves_nothing(tmp_path: Path, capsys, m
         raise ValidationError("the produced model fails onnx.checker, so it was not written: test")
 
     monkeypatch.setattr(model_io, "validate_model_file", refuse)
-    code, _, err = run_cli(["optimize", str(model), "-o", str(tmp_path / "o.onnx"), "--passes", CHEAP], capsys)
+    code, _, err = run_cli(
+        ["optimize", str(model), "-o", str(tmp_path / "o.onnx"), "--passes", CHEAP], capsys
+    )
     assert_one_line_error(code, err, "so it was not written", exit_code=1)
     assert snapshot(tmp_path) == before
 
@@ -184,16 +207,27 @@ def test_pass_that_produces_an_invalid_model_writes_nothing(tmp_path: Path, caps
     model = _folded_model_path(tmp_path, external=True)
     before = snapshot(tmp_path)
     for extra in ([], ["--external-data"]):
-        argv = ["optimize", str(model), "-o", str(tmp_path / "o.onnx"), "--passes", "test-break-model", *extra]
+        argv = [
+            "optimize",
+            str(model),
+            "-o",
+            str(tmp_path / "o.onnx"),
+            "--passes",
+            "test-break-model",
+            *extra,
+        ]
         code, _, err = run_cli(argv, capsys)
         assert_one_line_error(code, err, "fails onnx.checker, so it was not written", exit_code=1)
         assert snapshot(tmp_path) == before
 
 
-@pytest.mark.parametrize("failure,exit_code,expect", [
-    (OSError(errno.ENOSPC, "No space left on device"), 2, "No space left on device"),
-    (KeyboardInterrupt(), 130, "interrupted; nothing was written"),
-])
+@pytest.mark.parametrize(
+    "failure,exit_code,expect",
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), 2, "No space left on device"),
+        (KeyboardInterrupt(), 130, "interrupted; nothing was written"),
+    ],
+)
 def test_failed_write_leaves_nothing(tmp_path: Path, capsys, monkeypatch, failure, exit_code, expect):
     model = _folded_model_path(tmp_path)
     before = snapshot(tmp_path)
@@ -204,7 +238,9 @@ def test_failed_write_leaves_nothing(tmp_path: Path, capsys, monkeypatch, failur
         raise failure
 
     monkeypatch.setattr(model_io, "_write", write_then_fail)
-    code, _, err = run_cli(["optimize", str(model), "-o", str(tmp_path / "o.onnx"), "--passes", CHEAP], capsys)
+    code, _, err = run_cli(
+        ["optimize", str(model), "-o", str(tmp_path / "o.onnx"), "--passes", CHEAP], capsys
+    )
     assert_one_line_error(code, err, expect, exit_code=exit_code)
     assert snapshot(tmp_path) == before
 
@@ -214,12 +250,21 @@ def test_in_place_replaces_the_input_atomically(tmp_path: Path, capsys, external
     model = _folded_model_path(tmp_path, external=external)
     expected = _outputs(model)
     old_bytes, old_inode = model.read_bytes(), model.stat().st_ino
-    argv = ["optimize", str(model), "--in-place", "--passes", CHEAP, *(["--external-data"] if external else [])]
+    argv = [
+        "optimize",
+        str(model),
+        "--in-place",
+        "--passes",
+        CHEAP,
+        *(["--external-data"] if external else []),
+    ]
     code, _, err = run_cli(argv, capsys)
     assert code == 0, err
     assert model.read_bytes() != old_bytes and model.stat().st_ino != old_inode
     assert [n.op_type for n in onnx.load(model).graph.node] == ["Add"]  # c1 + c2 folded
-    assert sorted(p.name for p in tmp_path.iterdir()) == (["m.onnx", "m.onnx.data"] if external else ["m.onnx"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == (
+        ["m.onnx", "m.onnx.data"] if external else ["m.onnx"]
+    )
     np.testing.assert_allclose(_outputs(model), expected, rtol=1e-6)
 
 
@@ -229,6 +274,21 @@ def test_output_equal_to_input_needs_in_place(tmp_path: Path, capsys):
     code, _, err = run_cli(["optimize", str(model), "-o", str(model), "--passes", CHEAP], capsys)
     assert_one_line_error(code, err, "pass --in-place")
     assert snapshot(tmp_path) == before
-    code, _, err = run_cli(["optimize", str(model), "-o", str(model), "--in-place", "--passes", CHEAP], capsys)
+    code, _, err = run_cli(
+        ["optimize", str(model), "-o", str(model), "--in-place", "--passes", CHEAP], capsys
+    )
     assert code == 0, err
     assert snapshot(tmp_path) != before and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="pipeline.parse_pipeline drops empty items, so --passes ' , ' runs no pass and exits 0 "
+    "(owner: onnxq/pipeline.py)",
+)
+def test_pipeline_of_only_separators_is_refused(tmp_path: Path, capsys):
+    model = write_base_model(tmp_path)
+    code, _, err = run_cli(
+        ["optimize", str(model), "-o", str(tmp_path / "o.onnx"), "--passes", " , "], capsys
+    )
+    assert_one_line_error(code, err, "empty pass pipeline")

@@ -25,7 +25,9 @@ def _inputs(tmp_path: Path, demo_proto: onnx.ModelProto) -> dict[str, Path]:
     embedded = folder / "demo.onnx"
     onnx.save(demo_proto, embedded)
     external = folder / "demo_ext.onnx"
-    onnx.save(demo_proto, external, save_as_external_data=True, location="demo_ext.onnx.data", size_threshold=0)
+    onnx.save(
+        demo_proto, external, save_as_external_data=True, location="demo_ext.onnx.data", size_threshold=0
+    )
     return {"embedded": embedded, "external-data": external}
 
 
@@ -38,9 +40,11 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 def _run_in_subprocess(argvs: list[list[str]], hash_seed: str) -> None:
-    code = "import sys; from onnxq.cli import main; sys.exit(max(main(a) for a in %r))" % (argvs,)
+    code = f"import sys; from onnxq.cli import main; sys.exit(max(main(a) for a in {argvs!r}))"
     env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
 
 

@@ -27,8 +27,13 @@ from onnxq.cli import main
 from strategies import FuzzCase, default_pipeline, fuzz_models
 
 RTOL = 1e-4
-FUZZ = settings(max_examples=40, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 CORRUPT = settings(FUZZ, max_examples=60)
 
 
@@ -61,8 +66,9 @@ def test_default_pipeline_keeps_numerics_and_writes_a_valid_model(case: FuzzCase
 
 
 def _base_models() -> list[bytes]:
-    from make_bad_models import good_model, save_external  # noqa: F401 - one small model, one with every op
+    """A small model and the demo model (every default pass fires on it)."""
     from conftest import load_tool
+    from make_bad_models import good_model
 
     return [good_model().SerializeToString(), load_tool("make_demo_model").build().SerializeToString()]
 
@@ -94,11 +100,11 @@ def corruptions(draw) -> Corruption:
             data[p] ^= draw(st.integers(1, 255))
     elif kind == "overwrite":
         chunk = draw(st.binary(min_size=1, max_size=32))
-        data[pos: pos + len(chunk)] = chunk
+        data[pos : pos + len(chunk)] = chunk
     elif kind == "insert":
         data[pos:pos] = draw(st.binary(min_size=1, max_size=16))
     else:
-        del data[pos: pos + draw(st.integers(1, 64))]
+        del data[pos : pos + draw(st.integers(1, 64))]
     corruption = Corruption(data)
     corruption.label = f"base {index}, {kind}@{pos}"
     return corruption
@@ -118,7 +124,10 @@ def test_corrupted_model_gives_exit_0_or_one_clean_error_line(corruption: Corrup
     with tempfile.TemporaryDirectory() as folder:
         source, out = Path(folder) / "m.onnx", Path(folder) / "out.onnx"
         source.write_bytes(data)
-        for argv in (["inspect", str(source)], ["optimize", str(source), "-o", str(out), "--passes", default_pipeline()]):
+        for argv in (
+            ["inspect", str(source)],
+            ["optimize", str(source), "-o", str(out), "--passes", default_pipeline()],
+        ):
             code, err = _run(argv)
             assert "Traceback" not in err and "internal error" not in err, err
             assert code in (0, 2), err

@@ -121,15 +121,21 @@ def test_external_data_loads_lazily_and_saves_fresh_file(tmp_path: Path):
     assert numerics.relative_error(ref, got) == 0.0
 
 
-def test_embedding_external_input_makes_a_self_contained_output(tmp_path: Path):
+def test_external_input_keeps_external_data_unless_embedding_is_asked(tmp_path: Path):
     source = _external_model(tmp_path)
-    loaded = model_io.load_model(source)
     out = tmp_path / "elsewhere"
     out.mkdir()
-    model_io.save_model(loaded.model, out / "o.onnx", protected=[source])
+    # Default: the output gets its own fresh data file (never a reference to the input's).
+    model_io.save_model(model_io.load_model(source).model, out / "o.onnx")
+    assert sorted(os.listdir(out)) == ["o.onnx", "o.onnx.data"]
     proto = onnx.load(out / "o.onnx", load_external_data=False)
+    locations = {e.value for t in proto.graph.initializer for e in t.external_data if e.key == "location"}
+    assert locations == {"o.onnx.data"}
+    # Asked to embed: one self-contained file.
+    model_io.save_model(model_io.load_model(source).model, out / "e.onnx", external_data=False)
+    proto = onnx.load(out / "e.onnx", load_external_data=False)
     assert all(t.data_location == onnx.TensorProto.DEFAULT for t in proto.graph.initializer)
-    assert sorted(os.listdir(out)) == ["o.onnx"]
+    assert not (out / "e.onnx.data").exists()
 
 
 def test_output_data_file_may_not_replace_the_inputs_data(tmp_path: Path):

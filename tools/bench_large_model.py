@@ -1,17 +1,17 @@
 """Benchmark: optimize a model with > 2 GB of external weights; peak RSS and time against ORT offline BASIC.
 
 1. Writes (streaming, 64 MB at a time) an MLP of ``--layers`` MatMuls with ``--hidden``² float32 weights in
-   one external-data file, with what the passes rewrite: BatchNormalization on [N, C], Identity, Dropout,
-   a Constant subgraph to fold and a Reshape to the same shape. Opset 13, IR 8, dynamic batch dim.
-2. Runs, each alone in a child process whose peak RSS comes from ``wait4``: the real CLI
-   (``onnxq optimize``), ORT's offline BASIC optimization of the same file, and (``--phases``) an
-   instrumented Python-API run that resets the kernel's RSS high-water mark around each phase.
+   one external-data file, with what the passes rewrite: MatMul+BatchNormalization on [N, C] (folded into
+   the weight), MatMul+Add, Identity, Dropout, a Constant subgraph and a Reshape to the same shape.
+2. Runs, each alone in a child process whose peak RSS comes from ``wait4``: the real CLI (``onnxq
+   optimize``) and ORT's offline BASIC optimization of the same file; then an instrumented Python-API run
+   that resets the kernel's RSS high-water mark around each phase (load, every pass, write, validation).
 3. Checks the onnxq output: the inputs are byte-identical afterwards, the output loads lazily, and ORT gives
    the same numbers as the original on a small batch (a separate child: running the model costs its size).
-4. Writes ``--json`` and, with ``--benchmarks-md``, replaces its section of BENCHMARKS.md.
+4. ``--sweep-bn-every K ...``: the CLI's peak RSS on variants with more or fewer weights rewritten.
+5. Writes ``--json`` and, with ``--benchmarks-md``, replaces its section of BENCHMARKS.md.
 
-    .venv/bin/python tools/bench_large_model.py --workdir .cache/bench-large --json large.json \\
-        --benchmarks-md BENCHMARKS.md
+    .venv/bin/python tools/bench_large_model.py --json large.json --benchmarks-md BENCHMARKS.md
 """
 
 from __future__ import annotations
@@ -30,14 +30,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 from onnx import TensorProto, helper
 
 ROOT = Path(__file__).resolve().parents[1]
 ALIGNMENT = 4096
 CHUNK_BYTES = 64 << 20
+BUDGET_MIB = 1024
 BEGIN, END = "<!-- bench:large-model:begin -->", "<!-- bench:large-model:end -->"
-MIB = 1 << 20
 
 
 # ----------------------------------------------------------------------------------------------- model
@@ -56,11 +55,11 @@ class ExternalDataWriter:
         for block in blocks:
             self._file.write(np.ascontiguousarray(block, dtype="<f4").data)
             self.offset += block.nbytes
-        length = self.offset - start
-        assert length == 4 * int(np.prod(shape)), f"{name}: wrote {length} bytes for shape {shape}"
+        if self.offset - start != 4 * int(np.prod(shape)):
+            raise ValueError(f"{name}: wrote {self.offset - start} bytes for shape {shape}")
         tensor = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=shape)
         tensor.data_location = TensorProto.EXTERNAL
-        for key, value in (("location", self.path.name), ("offset", start), ("length", length)):
+        for key, value in (("location", self.path.name), ("offset", start), ("length", self.offset - start)):
             entry = tensor.external_data.add()
             entry.key, entry.value = key, str(value)
         return tensor
@@ -81,108 +80,103 @@ def _vector(values: np.ndarray):
     yield values.astype(np.float32)
 
 
-def write_mlp_model(folder: Path, *, layers: int, hidden: int, bn_every: int = 8, seed: int = 0) -> Path:
-    """Write ``folder/mlp.onnx`` + ``mlp.onnx.data`` without holding more than one 64 MB block in RAM."""
+def bn_layers(layers: int, bn_every: int) -> list[int]:
+    """Layers that are MatMul + BatchNormalization (the rest are MatMul + Add)."""
+    return [i for i in range(layers) if i % bn_every == bn_every - 1]
+
+
+def write_mlp_model(folder: Path, *, layers: int, hidden: int, bn_every: int = 8, seed: int = 0,
+                    name: str = "mlp.onnx", data_name: str | None = None) -> Path:
+    """Write ``folder/name`` + its data file (``name.data``) holding one 64 MB block in RAM at most."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "mlp.onnx"
     rng = np.random.default_rng(seed)
-    writer = ExternalDataWriter(folder / "mlp.onnx.data")
-    inits, nodes = [], []
-    nodes.append(helper.make_node("Constant", [], ["shape"], value=helper.make_tensor(
-        "shape_value", TensorProto.INT64, [2], [-1, hidden])))
-    nodes.append(helper.make_node("Reshape", ["x", "shape"], ["h0"], name="reshape_same"))
-    # A constant subgraph: bias of layer 0 = b0 * half + offset.
-    nodes.append(helper.make_node("Constant", [], ["half"], value=helper.make_tensor(
-        "half_value", TensorProto.FLOAT, [1], [0.5])))
-    nodes.append(helper.make_node("Mul", ["b0", "half"], ["b0_half"], name="fold_mul"))
-    nodes.append(helper.make_node("Add", ["b0_half", "b0_offset"], ["b0_folded"], name="fold_add"))
-    inits.append(writer.add("b0", (hidden,), _vector(rng.normal(0, 0.01, hidden))))
-    inits.append(writer.add("b0_offset", (hidden,), _vector(rng.normal(0, 0.01, hidden))))
-    scale = float(np.sqrt(2.0 / hidden))
-    h = "h0"
+    writer = ExternalDataWriter(folder / (data_name or name + ".data"))
+    const = helper.make_tensor
+    nodes = [  # a same-shape Reshape, and a constant subgraph: bias of layer 0 = b0 * 0.5 + b0_offset
+        helper.make_node("Constant", [], ["shape"], value=const("s", TensorProto.INT64, [2], [-1, hidden])),
+        helper.make_node("Reshape", ["x", "shape"], ["h0"], name="reshape_same"),
+        helper.make_node("Constant", [], ["half"], value=const("half", TensorProto.FLOAT, [1], [0.5])),
+        helper.make_node("Mul", ["b0", "half"], ["b0_half"], name="fold_mul"),
+        helper.make_node("Add", ["b0_half", "b0_offset"], ["b0_folded"], name="fold_add"),
+    ]
+    scale, h, with_bn = float(np.sqrt(2.0 / hidden)), "h0", set(bn_layers(layers, bn_every))
     try:
+        inits = [writer.add(n, (hidden,), _vector(rng.normal(0, 0.01, hidden))) for n in ("b0", "b0_offset")]
         for i in range(layers):
             inits.append(writer.add(f"w{i}", (hidden, hidden), _random_blocks(rng, hidden, hidden, scale)))
             nodes.append(helper.make_node("MatMul", [h, f"w{i}"], [f"mm{i}"], name=f"matmul{i}"))
             h = f"mm{i}"
-            if i % bn_every != bn_every - 1:  # Linear(bias=True); Linear(bias=False) + BatchNorm1d otherwise
+            if i in with_bn:  # Linear(bias=False) + BatchNorm1d, as exporters write it
+                params = {"scale": rng.uniform(0.5, 1.5, hidden), "bias": rng.normal(0, 0.1, hidden),
+                          "mean": rng.normal(0, 0.1, hidden), "var": rng.uniform(0.5, 1.5, hidden)}
+                inits += [writer.add(f"bn{i}.{k}", (hidden,), _vector(v)) for k, v in params.items()]
+                nodes.append(helper.make_node("BatchNormalization", [h, *(f"bn{i}.{k}" for k in params)],
+                                              [f"bn{i}"], name=f"bn{i}", epsilon=1e-5))
+                h = f"bn{i}"
+            else:
                 bias = "b0_folded" if i == 0 else f"b{i}"
                 if i:
                     inits.append(writer.add(bias, (hidden,), _vector(rng.normal(0, 0.01, hidden))))
                 nodes.append(helper.make_node("Add", [h, bias], [f"add{i}"], name=f"add{i}"))
                 h = f"add{i}"
-            else:
-                params = {"scale": rng.uniform(0.5, 1.5, hidden), "bias": rng.normal(0, 0.1, hidden),
-                          "mean": rng.normal(0, 0.1, hidden), "var": rng.uniform(0.5, 1.5, hidden)}
-                for key, values in params.items():
-                    inits.append(writer.add(f"bn{i}.{key}", (hidden,), _vector(values)))
-                nodes.append(helper.make_node("BatchNormalization", [h, *(f"bn{i}.{k}" for k in params)],
-                                              [f"bn{i}"], name=f"bn{i}", epsilon=1e-5))
-                h = f"bn{i}"
-            if i % 5 == 2:
-                nodes.append(helper.make_node("Identity", [h], [f"id{i}"], name=f"identity{i}"))
-                h = f"id{i}"
-            if i % 7 == 3:
-                nodes.append(helper.make_node("Dropout", [h], [f"drop{i}"], name=f"dropout{i}"))
-                h = f"drop{i}"
+            for op, every, phase in (("Identity", 5, 2), ("Dropout", 7, 3)):
+                if i % every == phase:
+                    nodes.append(helper.make_node(op, [h], [f"{op.lower()}{i}"], name=f"{op.lower()}{i}"))
+                    h = f"{op.lower()}{i}"
             out = "y" if i == layers - 1 else f"relu{i}"
             nodes.append(helper.make_node("Relu", [h], [out], name=f"relu{i}"))
             h = out
     finally:
         writer.close()
-    graph = helper.make_graph(
-        nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", hidden])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", hidden])], inits,
-    )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="bench_large_model")
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", hidden]) for n in ("x", "y")]
+    graph = helper.make_graph(nodes, "mlp", io[:1], io[1:], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="onnxq-bench")
     proto.ir_version = 8
+    path = folder / name
     path.write_bytes(proto.SerializeToString())
     return path
 
 
 # ----------------------------------------------------------------------------------------- measuring
-def _proc_status() -> dict[str, int]:
-    """VmHWM / VmRSS / RssAnon / RssFile of this process in MiB."""
-    values = {}
+def proc_status() -> dict[str, int]:
+    """VmHWM / VmRSS / RssAnon / RssFile of this process in MiB (Linux)."""
     with open("/proc/self/status") as status:
-        for line in status:
-            key, _, rest = line.partition(":")
-            if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
-                values[key] = int(rest.split()[0]) // 1024
-    return values
+        fields = dict(line.split(":", 1) for line in status if ":" in line)
+    return {key: int(fields[key].split()[0]) // 1024 for key in ("VmHWM", "VmRSS", "RssAnon", "RssFile")}
 
 
 def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as refs:  # "5" resets VmHWM to the current RSS (Linux ≥ 4.0)
+    """Reset VmHWM to the current RSS (Linux ≥ 4.0). It also resets what ``ru_maxrss`` reports."""
+    with open("/proc/self/clear_refs", "w") as refs:
         refs.write("5")
 
 
 class PhaseMeter:
-    """Peak RSS per phase (nested phases fold into their parent's peak) via the kernel high-water mark."""
+    """Seconds and peak RSS per phase; a nested phase's peak also counts for its parent."""
 
     def __init__(self):
         self.phases: list[dict] = []
-        self._stack: list[list] = []
+        self._open: list[list] = []  # [record, peak so far, start time]
 
     def __call__(self, name: str):
         meter = self
 
         class _Phase:
             def __enter__(self):
-                if meter._stack:
-                    meter._stack[-1][1] = max(meter._stack[-1][1], _proc_status()["VmHWM"])
+                if meter._open:
+                    meter._open[-1][1] = max(meter._open[-1][1], proc_status()["VmHWM"])
                 _reset_peak()
-                meter.phases.append({"phase": name, "depth": len(meter._stack)})  # listed in start order, filled in on exit
-                meter._stack.append([meter.phases[-1], 0, time.perf_counter()])
+                meter.phases.append({"phase": name, "depth": len(meter._open)})
+                meter._open.append([meter.phases[-1], 0, time.perf_counter()])
 
             def __exit__(self, *exc):
-                record, peak, start = meter._stack.pop()
-                status = _proc_status()
-                peak = max(peak, status["VmHWM"])
-                record.update({"seconds": round(time.perf_counter() - start, 3), "peak_rss_mib": peak,
-                               "rss_anon_mib_after": status["RssAnon"], "rss_file_mib_after": status["RssFile"]})
-                if meter._stack:
-                    meter._stack[-1][1] = max(meter._stack[-1][1], peak)
+                record, peak, start = meter._open.pop()
+                status = proc_status()
+                record.update(seconds=round(time.perf_counter() - start, 3),
+                              peak_rss_mib=max(peak, status["VmHWM"]),
+                              rss_anon_mib_after=status["RssAnon"], rss_file_mib_after=status["RssFile"])
+                if meter._open:
+                    meter._open[-1][1] = max(meter._open[-1][1], record["peak_rss_mib"])
                 _reset_peak()
 
         return _Phase()
@@ -197,28 +191,28 @@ class PhaseMeter:
         setattr(owner, attribute, wrapped)
 
 
-def run_child(argv: list[str], *, log: Path | None = None) -> dict:
-    """Run ``argv``; return exit code, wall time, peak RSS (this child alone, from wait4) and JSON stdout."""
+def run_child(argv: list[str], *, log: Path) -> dict:
+    """Run ``argv``; return wall time, peak RSS (this child alone, from wait4) and its JSON stdout."""
     start = time.perf_counter()
-    with open(log or os.devnull, "w") as err:
+    with open(log, "w") as err:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, cwd=ROOT)
         stdout = proc.stdout.read()
+        proc.stdout.close()
         _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    proc.stdout.close()
-    result = {"argv": argv, "rc": proc.returncode, "wall_s": round(time.perf_counter() - start, 2),
+    if proc.returncode != 0:
+        tail = log.read_text()[-2000:]
+        raise RuntimeError(f"child failed (rc {proc.returncode}): {shlex.join(argv)}\n{tail}")
+    result = {"wall_s": round(time.perf_counter() - start, 2),
               "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
     text = stdout.decode().strip()
     if text.startswith("{"):
         result["report"] = json.loads(text.splitlines()[-1])
-    if proc.returncode != 0:
-        tail = log.read_text()[-2000:] if log and log.exists() else ""
-        raise RuntimeError(f"child failed (rc {proc.returncode}): {shlex.join(argv)}\n{tail}")
     return result
 
 
 def run_timed(argv: list[str], *, log: Path) -> dict:
-    """``run_child`` starting with no dirty pages, plus the time to flush what it wrote (both write ~GBs)."""
+    """``run_child`` starting with no dirty pages, plus the time to flush what it wrote (both write GBs)."""
     os.sync()
     result = run_child(argv, log=log)
     start = time.perf_counter()
@@ -231,6 +225,12 @@ def _child(mode: str, *args: str) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), "--child", mode, *args]
 
 
+def _onnxq_cli(src: Path, dst: Path, passes: str) -> list[str]:
+    script = Path(sys.executable).with_name("onnxq")
+    head = [str(script)] if script.exists() else [sys.executable, "-m", "onnxq.cli"]
+    return [*head, "optimize", str(src), "-o", str(dst), "--passes", passes, "--quiet"]
+
+
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -239,37 +239,12 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def choose_passes() -> tuple[str, dict[str, str]]:
-    """The ``default`` pipeline, less passes not written yet or failing on a tiny copy of the benchmark model.
-
-    Returns the pipeline text and, for each pass left out, why.
-    """
-    import tempfile
-
-    from onnxq import model_io, pass_api, pipeline
-
-    have, left_out = pass_api.available_passes(), {}
-    with tempfile.TemporaryDirectory() as tmp:
-        tiny = write_mlp_model(Path(tmp), layers=8, hidden=8, bn_every=4)
-        for name in dict.fromkeys(pipeline.PIPELINES["default"]):
-            if name not in have:
-                left_out[name] = "not written yet"
-                continue
-            try:
-                have[name]()(model_io.load_model(tiny).model)
-            except Exception as exc:  # noqa: BLE001 - a work-in-progress pass must not stop the benchmark
-                left_out[name] = f"fails: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
-    if not left_out:
-        return "default", {}
-    return ",".join(p for p in pipeline.PIPELINES["default"] if p not in left_out), left_out
-
-
 # ------------------------------------------------------------------------------------------ children
-def child_onnxq_phases(src: str, dst: str, passes: str) -> dict:
-    """The CLI's steps through the Python API, with each phase's peak RSS."""
+def child_onnxq_phases(src: str, dst: str, passes: str, external_data: str = "auto") -> dict:
+    """The CLI's steps through the Python API, with each phase's peak RSS (external_data: auto|true|false)."""
     meter = PhaseMeter()
     with meter("import onnxq"):
-        import onnx as _onnx
+        import onnx
         import onnxruntime
 
         from onnxq import model_io, pipeline, runtime_compat
@@ -282,10 +257,11 @@ def child_onnxq_phases(src: str, dst: str, passes: str) -> dict:
         records.append({"pass": pass_.name, "rewrites": report.total_rewrites})
     meter.wrap(runtime_compat, "target_ir_version", "save: IR-version probe (ORT)")
     meter.wrap(model_io, "_write", "save: write (ir.save)")
-    meter.wrap(_onnx.checker, "check_model", "save: onnx.checker")
+    meter.wrap(onnx.checker, "check_model", "save: onnx.checker")
     meter.wrap(onnxruntime, "InferenceSession", "ORT InferenceSession()")
-    with meter("save (total, nested phases above)"):
-        model_io.save_model(model, dst, protected=[loaded.path, *loaded.data_files])
+    with meter("save (total, nested phases below)"):
+        model_io.save_model(model, dst, protected=[loaded.path, *loaded.data_files],
+                            external_data={"auto": None, "true": True, "false": False}[external_data])
     return {"phases": meter.phases, "passes": records}
 
 
@@ -295,42 +271,41 @@ def child_ort_basic(src: str, dst: str) -> dict:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.optimized_model_filepath = dst
-    options.add_session_config_entry(
-        "session.optimized_model_external_initializers_file_name", Path(dst).name + ".data")
-    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    prefix = "session.optimized_model_external_initializers_"
+    options.add_session_config_entry(prefix + "file_name", Path(dst).name + ".data")
+    options.add_session_config_entry(prefix + "min_size_in_bytes", "1024")
     start = time.perf_counter()
     ort.InferenceSession(src, options, providers=["CPUExecutionProvider"])
-    return {"session_s": round(time.perf_counter() - start, 2), "ort": ort.__version__}
+    return {"session_s": round(time.perf_counter() - start, 2)}
 
 
-def child_check_output(src: str, out: str, batch: int) -> dict:
+def child_check_output(src: str, out: str, batch: str) -> dict:
     """Lazy load of the output (RSS growth), op counts, then ORT numerics of original vs output."""
     import onnx_ir as ir
 
     from onnxq import model_io, numerics
 
-    before = _proc_status()["VmRSS"]
+    before = proc_status()["VmRSS"]
     model = model_io.load_model(out).model
-    growth = _proc_status()["VmRSS"] - before
-    lazy = all(isinstance(v.const_value, ir.ExternalTensor)
-               for v in model.graph.initializers.values() if v.const_value is not None and v.const_value.nbytes > 4096)
+    growth = proc_status()["VmRSS"] - before
+    tensors = [v.const_value for v in model.graph.initializers.values() if v.const_value is not None]
+    external = all(isinstance(t, ir.ExternalTensor) for t in tensors if t.nbytes > 4096)
     ops: dict[str, int] = {}
     for node in model.graph:
         ops[node.op_type] = ops.get(node.op_type, 0) + 1
     hidden = model.graph.inputs[0].shape[1]
-    del model
-    feeds = {"x": np.random.default_rng(1).standard_normal((batch, hidden)).astype(np.float32)}
+    del model, tensors
+    feeds = {"x": np.random.default_rng(1).standard_normal((int(batch), hidden)).astype(np.float32)}
     reference = numerics.run_model(src, feeds)["y"]
     actual = numerics.run_model(out, feeds)["y"]
-    return {"load_rss_growth_mib": growth, "initializers_lazy": lazy, "ops": dict(sorted(ops.items())),
+    return {"load_rss_growth_mib": growth, "initializers_external": external,
+            "ops": dict(sorted(ops.items())),
             "relative_error": float(numerics.relative_error(reference, actual)),
-            "finite": bool(np.isfinite(actual).all()), "output_abs_mean": float(np.abs(reference).mean())}
+            "finite": bool(np.isfinite(actual).all())}
 
 
-def child_main(mode: str, args: list[str]) -> None:
-    handlers = {"onnxq-phases": child_onnxq_phases, "ort-basic": child_ort_basic,
-                "check-output": lambda s, o, b: child_check_output(s, o, int(b))}
-    print(json.dumps(handlers[mode](*args)))
+CHILDREN = {"onnxq-phases": child_onnxq_phases, "ort-basic": child_ort_basic,
+            "check-output": child_check_output}
 
 
 # --------------------------------------------------------------------------------------------- driver
@@ -347,75 +322,80 @@ def _remove_model(path: Path) -> None:
         p.unlink(missing_ok=True)
 
 
-def _onnxq_cli(src: Path, dst: Path, passes: str) -> list[str]:
-    script = Path(sys.executable).with_name("onnxq")
-    head = [str(script)] if script.exists() else [sys.executable, "-m", "onnxq.cli"]
-    return [*head, "optimize", str(src), "-o", str(dst), "--passes", passes, "--quiet"]
+def _summary(runs: list[dict], out: Path) -> dict:
+    """Best-of times, worst peak RSS, over ``runs``."""
+    best = {key: min(r[key] for r in runs) for key in ("wall_s", "wall_incl_sync_s")}
+    return {**best, "peak_rss_mib": max(r["peak_rss_mib"] for r in runs), "output_bytes": _files_size(out),
+            "runs": runs}
+
+
+def compare(src: Path, work: Path, passes: str, repeat: int) -> dict:
+    """The CLI and ORT BASIC, alternating, ``repeat`` times each, from a warm page cache."""
+    onnxq_out, ort_out = work / "onnxq" / "opt.onnx", work / "ort" / "opt.onnx"
+    for out in (onnxq_out, ort_out):
+        shutil.rmtree(out.parent, ignore_errors=True)
+        out.parent.mkdir()
+    runs: dict[str, list[dict]] = {"onnxq": [], "ort_basic": []}
+    for _ in range(repeat):
+        for out in (onnxq_out, ort_out):
+            _remove_model(out)
+        runs["onnxq"].append(run_timed(_onnxq_cli(src, onnxq_out, passes), log=work / "onnxq.log"))
+        runs["ort_basic"].append(run_timed(_child("ort-basic", str(src), str(ort_out)), log=work / "ort.log"))
+    q, o = _summary(runs["onnxq"], onnxq_out), _summary(runs["ort_basic"], ort_out)
+    o["session_s"] = min(r["report"]["session_s"] for r in runs["ort_basic"])
+    shutil.rmtree(ort_out.parent)
+    ratio = {"time_onnxq_over_ort": round(q["wall_s"] / o["wall_s"], 2),
+             "time_incl_sync_onnxq_over_ort": round(q["wall_incl_sync_s"] / o["wall_incl_sync_s"], 2),
+             "rss_onnxq_over_ort": round(q["peak_rss_mib"] / o["peak_rss_mib"], 3)}
+    return {"onnxq": q, "ort_basic": o, "ratio": ratio}
+
+
+def sweep(args: argparse.Namespace, work: Path, passes: str) -> list[dict]:
+    """The CLI's peak RSS when more or fewer weights are rewritten (one BN fold = one new weight)."""
+    rows = []
+    for bn_every in args.sweep_bn_every:
+        src = write_mlp_model(work / "sweep", layers=args.layers, hidden=args.hidden, bn_every=bn_every,
+                              seed=args.seed)
+        out = work / "sweep" / "opt.onnx"
+        run = run_timed(_onnxq_cli(src, out, passes), log=work / "sweep.log")
+        folds = len(bn_layers(args.layers, bn_every))
+        rows.append({"bn_every": bn_every, "folded_weights": folds, **run,
+                     "rewritten_mib": round(folds * 4 * args.hidden**2 / 2**20)})
+        shutil.rmtree(work / "sweep")
+    return rows
 
 
 def run_benchmark(args: argparse.Namespace) -> dict:
-    work = Path(args.workdir).resolve()
+    work, passes = Path(args.workdir).resolve(), args.passes
     work.mkdir(parents=True, exist_ok=True)
-    passes, missing = (args.passes, {}) if args.passes else choose_passes()
-    start = time.perf_counter()
+    load_before, start = os.getloadavg()[0], time.perf_counter()
     src = write_mlp_model(work / "model", layers=args.layers, hidden=args.hidden, bn_every=args.bn_every,
                           seed=args.seed)
     generate_s = time.perf_counter() - start
     inputs = [src, *_data_files(src)]
     hashes = {p.name: sha256(p) for p in inputs}  # also warms the page cache for both optimizers
-    onnxq_out, ort_out = work / "onnxq" / "opt.onnx", work / "ort" / "opt.onnx"
-    for folder in (onnxq_out.parent, ort_out.parent):
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir()
-    runs: dict[str, list[dict]] = {"onnxq": [], "ort_basic": []}
-    for _ in range(args.repeat):
-        for out in (onnxq_out, ort_out):
-            _remove_model(out)
-        runs["onnxq"].append(run_timed(_onnxq_cli(src, onnxq_out, passes), log=work / "onnxq.log"))
-        runs["ort_basic"].append(run_timed(_child("ort-basic", str(src), str(ort_out)), log=work / "ort.log"))
-    # Best of --repeat; page cache warm (the inputs were just hashed), no dirty pages at each start.
-    onnxq_best = min(runs["onnxq"], key=lambda r: r["wall_s"])
-    ort_best = min(runs["ort_basic"], key=lambda r: r["wall_s"])
-    result = {
-        "date": datetime.date.today().isoformat(),
-        "command": _command_line(),
-        "machine": _machine(),
-        "versions": _versions(),
-        "model": {"layers": args.layers, "hidden": args.hidden, "bn_every": args.bn_every, "seed": args.seed,
-                  "external_data_bytes": sum(p.stat().st_size for p in _data_files(src)),
-                  "generate_s": round(generate_s, 1)},
-        "passes": passes, "passes_missing": missing,
-        "onnxq": {"wall_s": onnxq_best["wall_s"], "wall_incl_sync_s": _best(runs["onnxq"], "wall_incl_sync_s"),
-                  "peak_rss_mib": max(r["peak_rss_mib"] for r in runs["onnxq"]),
-                  "output_bytes": _files_size(onnxq_out), "runs": runs["onnxq"]},
-        "ort_basic": {"wall_s": ort_best["wall_s"], "wall_incl_sync_s": _best(runs["ort_basic"], "wall_incl_sync_s"),
-                      "session_s": ort_best["report"]["session_s"],
-                      "peak_rss_mib": max(r["peak_rss_mib"] for r in runs["ort_basic"]),
-                      "output_bytes": _files_size(ort_out), "runs": runs["ort_basic"]},
-    }
-    result["ratio"] = {
-        "time_onnxq_over_ort": round(result["onnxq"]["wall_s"] / result["ort_basic"]["wall_s"], 2),
-        "time_incl_sync_onnxq_over_ort": round(
-            result["onnxq"]["wall_incl_sync_s"] / result["ort_basic"]["wall_incl_sync_s"], 2),
-        "rss_onnxq_over_ort": round(result["onnxq"]["peak_rss_mib"] / result["ort_basic"]["peak_rss_mib"], 3),
-    }
-    _remove_model(ort_out)
-    check = run_child(_child("check-output", str(src), str(onnxq_out), str(args.batch)), log=work / "check.log")
+    folds = len(bn_layers(args.layers, args.bn_every))
+    model = {"layers": args.layers, "hidden": args.hidden, "bn_every": args.bn_every, "seed": args.seed,
+             "folded_weights": folds, "rewritten_mib": round(folds * 4 * args.hidden**2 / 2**20),
+             "external_data_bytes": _files_size(src) - src.stat().st_size, "generate_s": round(generate_s, 1)}
+    result = {"date": datetime.date.today().isoformat(), "command": _command_line(), "machine": _machine(),
+              "load_average_1min_at_start": round(load_before, 2), "versions": _versions(), "model": model,
+              "passes": passes, **compare(src, work, passes, args.repeat)}
+    out = work / "onnxq" / "opt.onnx"
+    check = run_child(_child("check-output", str(src), str(out), str(args.batch)), log=work / "check.log")
+    unchanged = all(sha256(p) == hashes[p.name] for p in inputs)
     result["check"] = {**check["report"], "peak_rss_mib": check["peak_rss_mib"], "wall_s": check["wall_s"],
-                       "batch": args.batch, "inputs_unchanged": {p.name: sha256(p) == hashes[p.name] for p in inputs}}
-    if args.phases:
-        _remove_model(onnxq_out)
-        phased = run_child(_child("onnxq-phases", str(src), str(onnxq_out), passes), log=work / "phases.log")
-        result["onnxq_phases"] = {"peak_rss_mib": phased["peak_rss_mib"], "wall_s": phased["wall_s"],
-                                  **phased["report"]}
-    result["under_1_gib"] = result["onnxq"]["peak_rss_mib"] < 1024
+                       "batch": args.batch, "inputs_unchanged": unchanged}
+    _remove_model(out)
+    phased = run_child(_child("onnxq-phases", str(src), str(out), passes), log=work / "phases.log")
+    # Not wait4's figure: every phase resets the high-water mark that it reads.
+    peak = max(p["peak_rss_mib"] for p in phased["report"]["phases"])
+    result["onnxq_phases"] = {"peak_rss_mib": peak, "wall_s": phased["wall_s"], **phased["report"]}
     if not args.keep:
-        shutil.rmtree(work / "model"), shutil.rmtree(onnxq_out.parent), shutil.rmtree(ort_out.parent)
+        shutil.rmtree(work / "model"), shutil.rmtree(out.parent)
+    result["sweep"] = sweep(args, work, passes)
+    result["under_1_gib"] = result["onnxq"]["peak_rss_mib"] < BUDGET_MIB
     return result
-
-
-def _best(runs: list[dict], key: str) -> float:
-    return min(r[key] for r in runs)
 
 
 def _command_line() -> str:
@@ -424,11 +404,11 @@ def _command_line() -> str:
 
 
 def _machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
+    with open("/proc/cpuinfo") as info:
+        cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "")
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return {"cpus": os.cpu_count(), "arch": platform.machine(), "cpu": cpu,
-            "memory_gib": round(memory / (1 << 30), 1), "gpu": "none used (CPUExecutionProvider)"}
+    return {"cpus": os.cpu_count(), "arch": platform.machine(), "cpu": cpu or platform.processor(),
+            "memory_gib": round(memory / (1 << 30), 1)}
 
 
 def _versions() -> dict:
@@ -441,100 +421,143 @@ def _versions() -> dict:
 # -------------------------------------------------------------------------------------- BENCHMARKS.md
 HEADER = """# onnxq benchmarks
 
-Numbers in this file are written by the scripts in `tools/`, never typed by hand; each section says the
-command that produced it. Rerun the command to refresh a section.
+Every number in this file is written by a script in `tools/`, never typed by hand; each section names the
+command that produced it. Rerun the command to refresh its section.
 """
+
+SECTION = """## Large model (> 2 GB external data)
+
+Written by `tools/bench_large_model.py` on {r[date]}; do not edit by hand. Command:
+
+    {r[command]}
+
+Machine: {mc[cpus]}-core {mc[arch]} ({mc[cpu]}), {mc[memory_gib]} GiB RAM, no GPU; 1-min load average
+{r[load_average_1min_at_start]} at start (other work shares the machine). {versions}.
+
+Model: {m[layers]} layers of MatMul with {m[hidden]}×{m[hidden]} float32 weights + Relu, **{data_gb:.2f} GB
+of external data** in one file; {m[folded_weights]} layers are MatMul + BatchNormalization (fold-bn writes
+{m[folded_weights]} new weights, {m[rewritten_mib]} MiB), the others MatMul + Add; Identity/Dropout no-ops,
+a Constant subgraph, a same-shape Reshape; opset 13, IR 8, dynamic batch. onnxq passes: `{r[passes]}`.
+
+Each optimizer runs alone in a child process and writes a {q_gb:.2f} GB (onnxq) / {o_gb:.2f} GB (ORT) model.
+Peak RSS is the kernel's `ru_maxrss` of that process. Wall time includes interpreter start-up; every run
+starts with the input in the page cache and no dirty pages (`sync`); the second time column adds the `sync`
+that puts the output on disk. Best time of {runs} runs each, alternating.
+
+| | wall time | incl. flush to disk | peak RSS |
+|---|---:|---:|---:|
+| `onnxq optimize` (CLI; includes onnx.checker + ORT load of the output) | {q[wall_s]:.1f} s \
+| {q[wall_incl_sync_s]:.1f} s | **{q[peak_rss_mib]:.0f} MiB** |
+| ORT offline `ORT_ENABLE_BASIC` (session creation {o[session_s]:.1f} s) | {o[wall_s]:.1f} s \
+| {o[wall_incl_sync_s]:.1f} s | {o[peak_rss_mib]:.0f} MiB |
+| ratio onnxq / ORT | {x[time_onnxq_over_ort]:.2f}× | {x[time_incl_sync_onnxq_over_ort]:.2f}× \
+| {x[rss_onnxq_over_ort]:.3f}× |
+
+Peak RSS under 1 GiB: {under}.
+
+Where the memory goes: the same work through the Python API, the kernel's high-water mark reset at each
+phase (peak {p[peak_rss_mib]} MiB, {p[wall_s]:.1f} s):
+
+| phase | seconds | peak RSS MiB | RSS after: anon / file-backed MiB |
+|---|---:|---:|---:|
+{phase_rows}
+
+Rewrites: {rewrites}.
+{sweep}
+Output check (separate child): input files byte-identical afterwards (sha256): {unchanged}; loading
+the output costs +{c[load_rss_growth_mib]} MiB RSS (weights external, i.e. lazy: {external}); ops
+{c[ops]}; ORT on a batch of {c[batch]}: max relative error vs the original {c[relative_error]:.2e}. Running
+the original and the output in ORT for this check peaked at {c[peak_rss_mib]:.0f} MiB ({c[wall_s]:.1f} s):
+the cost of *running* the model, not of optimizing it.
+"""
+
+SWEEP = """
+`onnxq optimize` peak RSS against the weights a pass rewrites (same layers, BN placed differently):
+
+| BN every | folded weights | rewritten MiB | wall time | peak RSS |
+|---:|---:|---:|---:|---:|
+{rows}
+{verdict}"""
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "**NO**"
+
+
+def _render_sweep(r: dict) -> str:
+    if not r["sweep"]:
+        return ""
+    main_row = {**r["model"], "wall_s": r["onnxq"]["wall_s"], "peak_rss_mib": r["onnxq"]["peak_rss_mib"]}
+    rows = sorted(r["sweep"] + [main_row], key=lambda row: row["folded_weights"])
+    table = "\n".join(f"| {x['bn_every']} | {x['folded_weights']} | {x['rewritten_mib']} "
+                      f"| {x['wall_s']:.1f} s | {x['peak_rss_mib']:.0f} MiB |" for x in rows)
+    over, verdict = [x for x in rows if x["peak_rss_mib"] >= BUDGET_MIB], ""
+    if over and rows[-1]["folded_weights"] > rows[0]["folded_weights"]:
+        first, last = rows[0], rows[-1]
+        slope = (last["peak_rss_mib"] - first["peak_rss_mib"]) / (
+            last["folded_weights"] - first["folded_weights"])
+        weight_mib = 4 * r["model"]["hidden"] ** 2 / 2**20
+        verdict = (f"\nSo the 1 GiB budget holds only while few weights are rewritten: peak RSS grows by "
+                   f"about {slope:.0f} MiB per folded {weight_mib:.0f} MiB weight, and is "
+                   f"{over[0]['peak_rss_mib']:.0f} MiB with {over[0]['folded_weights']} folded.\n")
+    return SWEEP.format(rows=table, verdict=verdict)
 
 
 def render_section(r: dict) -> str:
-    m, q, o, c = r["model"], r["onnxq"], r["ort_basic"], r["check"]
-    gb = m["external_data_bytes"] / 1e9
-    passes = f"`{r['passes']}`" + ("" if not r["passes_missing"] else " (the default pipeline less: " + "; ".join(
-        f"{name} — {why}" for name, why in r["passes_missing"].items()) + ")")
-    lines = [
-        BEGIN, "## Large model (> 2 GB external data)", "",
-        f"Written by `tools/bench_large_model.py` on {r['date']}; do not edit by hand. Command:", "",
-        f"    {r['command']}", "",
-        f"Machine: {r['machine']['cpus']}-core {r['machine']['arch']} ({r['machine']['cpu']}), "
-        f"{r['machine']['memory_gib']} GiB RAM, no GPU. "
-        + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) + ".", "",
-        f"Model: MLP of {m['layers']} MatMul+Add+Relu layers with {m['hidden']}×{m['hidden']} float32 weights; "
-        f"every {m['bn_every']}-th layer is MatMul+BatchNormalization instead (weights folded by fold-bn), "
-        "Identity/Dropout no-ops, a Constant subgraph and a "
-        f"same-shape Reshape; opset 13, IR 8, dynamic batch; **{gb:.2f} GB of external data** in one file.", "",
-        f"onnxq passes: {passes}.", "",
-        f"Each optimizer runs alone in a child process and writes a {q['output_bytes'] / 1e9:.2f} GB "
-        f"(onnxq) / {o['output_bytes'] / 1e9:.2f} GB (ORT) model. Peak RSS is the kernel's "
-        "`ru_maxrss` of that process; wall time includes interpreter start-up; every run starts with the input "
-        "in the page cache and no dirty pages (`sync`), and the second time column adds the `sync` that puts "
-        f"its output on disk. Best of {len(q['runs'])} runs.", "",
-        "| | wall time | incl. flush to disk | peak RSS |", "|---|---:|---:|---:|",
-        f"| `onnxq optimize` (CLI; includes onnx.checker + ORT load of the output) | {q['wall_s']:.1f} s | "
-        f"{q['wall_incl_sync_s']:.1f} s | **{q['peak_rss_mib']:.0f} MiB** |",
-        f"| ORT offline `ORT_ENABLE_BASIC` (session creation {o['session_s']:.1f} s) | {o['wall_s']:.1f} s | "
-        f"{o['wall_incl_sync_s']:.1f} s | {o['peak_rss_mib']:.0f} MiB |",
-        f"| ratio onnxq / ORT | {r['ratio']['time_onnxq_over_ort']:.2f}× | "
-        f"{r['ratio']['time_incl_sync_onnxq_over_ort']:.2f}× | {r['ratio']['rss_onnxq_over_ort']:.3f}× |",
-        "", f"Peak RSS under 1 GiB: **{'yes' if r['under_1_gib'] else 'NO'}**.", "",
-    ]
-    if "onnxq_phases" in r:
-        p = r["onnxq_phases"]
-        lines += [f"Phases of the same work through the Python API (instrumented run: peak {p['peak_rss_mib']:.0f} MiB, "
-                  f"{p['wall_s']:.1f} s; the kernel high-water mark is reset at each phase):", "",
-                  "| phase | seconds | peak RSS MiB | anon / file-backed RSS after, MiB |", "|---|---:|---:|---:|"]
-        lines += [f"| {'↳ ' * ph['depth']}{ph['phase']} | {ph['seconds']:.2f} | {ph['peak_rss_mib']} | "
-                  f"{ph['rss_anon_mib_after']} / {ph['rss_file_mib_after']} |" for ph in p["phases"]]
-        rewrites = ", ".join(f"{x['pass']} {x['rewrites']}" for x in p["passes"])
-        lines += ["", f"Rewrites: {rewrites}.", ""]
-    unchanged = all(c["inputs_unchanged"].values())
-    lines += [
-        f"Output check (separate child): input files byte-identical afterwards (sha256): "
-        f"{'yes' if unchanged else 'NO'}; the output loads lazily (+{c['load_rss_growth_mib']} MiB RSS, "
-        f"initializers external: {'yes' if c['initializers_lazy'] else 'NO'}); ORT on a batch of {c['batch']}: "
-        f"max relative error vs the original {c['relative_error']:.2e}. Running both full models in ORT for this "
-        f"check peaked at {c['peak_rss_mib']:.0f} MiB ({c['wall_s']:.1f} s) — the cost of *running* the model, "
-        "not of optimizing it.", END,
-    ]
-    return "\n".join(lines) + "\n"
+    m, q, o, p = r["model"], r["onnxq"], r["ort_basic"], r["onnxq_phases"]
+    phase_rows = "\n".join(f"| {'↳ ' * x['depth']}{x['phase']} | {x['seconds']:.2f} | {x['peak_rss_mib']} "
+                           f"| {x['rss_anon_mib_after']} / {x['rss_file_mib_after']} |" for x in p["phases"])
+    text = SECTION.format(
+        r=r, m=m, q=q, o=o, p=p, c=r["check"], x=r["ratio"], mc=r["machine"], phase_rows=phase_rows,
+        versions=", ".join(f"{k} {v}" for k, v in r["versions"].items()),
+        data_gb=m["external_data_bytes"] / 1e9,
+        q_gb=q["output_bytes"] / 1e9, o_gb=o["output_bytes"] / 1e9, runs=len(q["runs"]),
+        under=_yes(r["under_1_gib"]), unchanged=_yes(r["check"]["inputs_unchanged"]),
+        external=_yes(r["check"]["initializers_external"]), sweep=_render_sweep(r),
+        rewrites=", ".join(f"{x['pass']} {x['rewrites']}" for x in p["passes"]),
+    )
+    return f"{BEGIN}\n{text}{END}\n"
 
 
 def update_benchmarks_md(path: Path, result: dict) -> None:
+    """Replace the text between the markers, or append the section (creating the file if needed)."""
     text = path.read_text() if path.exists() else HEADER
-    section = render_section(result)
+    section = render_section(result).rstrip("\n")
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
-        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
+        text = head + section + rest.split(END, 1)[1]
     else:
-        text = text.rstrip("\n") + "\n\n" + section
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
     path.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
-    parser.add_argument("--workdir", default=str(ROOT / ".cache" / "bench-large"))
+    parser.add_argument("--workdir", default=str(ROOT / ".cache" / "bench-large"), help="for GB-sized files")
     parser.add_argument("--layers", type=int, default=40)
     parser.add_argument("--hidden", type=int, default=4096)
-    parser.add_argument("--bn-every", type=int, default=8)
+    parser.add_argument("--bn-every", type=int, default=8, help="every K-th layer is MatMul + BatchNorm")
+    parser.add_argument("--sweep-bn-every", type=int, nargs="*", default=[], metavar="K",
+                        help="also measure the CLI's peak RSS on variants with these --bn-every values")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=4, help="batch of the numeric spot check")
-    parser.add_argument("--passes", help="pipeline text (default: `default`, or the part of it that exists)")
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs of each optimizer; best time reported")
-    parser.add_argument("--no-phases", dest="phases", action="store_false", help="skip the instrumented run")
-    parser.add_argument("--keep", action="store_true", help="keep the multi-GB files in --workdir")
+    parser.add_argument("--passes", default="default", help="onnxq pipeline (name or text)")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs of each optimizer (best time kept)")
+    parser.add_argument("--keep", action="store_true", help="keep the generated model and onnxq's output")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--benchmarks-md", type=Path, help="replace the large-model section of this file")
     args = parser.parse_args(argv)
     if args.child:
-        child_main(args.child[0], args.child[1:])
+        print(json.dumps(CHILDREN[args.child[0]](*args.child[1:])))
         return 0
     result = run_benchmark(args)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     if args.benchmarks_md:
         update_benchmarks_md(args.benchmarks_md, result)
-    summary = {name: {k: v for k, v in result[name].items() if k != "runs"} for name in ("onnxq", "ort_basic")}
-    print(json.dumps({**summary, "ratio": result["ratio"], "under_1_gib": result["under_1_gib"]}))
+    brief = {k: {n: v for n, v in result[k].items() if n != "runs"} for k in ("onnxq", "ort_basic")}
+    print(json.dumps({**brief, "ratio": result["ratio"], "under_1_gib": result["under_1_gib"]}))
     return 0 if result["under_1_gib"] else 1
 
 

@@ -21,11 +21,26 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 #: The model's classes, in output order (from the ONNX file's ``character`` metadata).
-CDLA_CLASSES = ("text", "title", "figure", "figure_caption", "table", "table_caption", "header", "footer",
-                "reference", "equation")
+CDLA_CLASSES = (
+    "text",
+    "title",
+    "figure",
+    "figure_caption",
+    "table",
+    "table_caption",
+    "header",
+    "footer",
+    "reference",
+    "equation",
+)
 _DEJAVU_DIRS = (Path("/usr/share/fonts/truetype/dejavu"), Path("/usr/share/fonts/dejavu"))
-_EQUATIONS = ("E = mc² + Σᵢ xᵢ·wᵢ", "f(x) = ∫₀^∞ e^(−t²) dt", "y = σ(Wx + b),  σ(z) = 1 / (1 + e^(−z))",
-              "L = −Σ p(x) log q(x)", "‖Ax − b‖² ≤ ε · ‖b‖²")
+_EQUATIONS = (
+    "E = mc² + Σᵢ xᵢ·wᵢ",
+    "f(x) = ∫₀^∞ e^(−t²) dt",
+    "y = σ(Wx + b),  σ(z) = 1 / (1 + e^(−z))",
+    "L = −Σ p(x) log q(x)",
+    "‖Ax − b‖² ≤ ε · ‖b‖²",
+)
 
 
 @dataclasses.dataclass
@@ -85,12 +100,14 @@ class _Writer:
     def picture(self, photo: np.ndarray, caption: str, font) -> bool:
         from PIL import Image
 
-        width = int((self.right - self.left) * 0.7)
+        width = int((self.right - self.left) * 0.5)
         height = int(width * photo.shape[0] / photo.shape[1])
         if not self.room(height + 3 * font.size):
             return False
         x = self.left + (self.right - self.left - width) // 2
-        self.image.paste(Image.fromarray(photo).resize((width, height), Image.Resampling.BILINEAR), (x, self.y))
+        self.image.paste(
+            Image.fromarray(photo).resize((width, height), Image.Resampling.BILINEAR), (x, self.y)
+        )
         self._record("figure", x, self.y, x + width, self.y + height)
         self.y += height + 10
         return self.text_block(caption, font, "figure_caption", centered=True)
@@ -104,15 +121,21 @@ class _Writer:
         width = self.right - self.left
         top = self.y
         for r in range(rows + 1):
-            self.draw.line((self.left, top + r * row_height, self.right, top + r * row_height), fill=(0, 0, 0), width=2)
+            self.draw.line(
+                (self.left, top + r * row_height, self.right, top + r * row_height), fill=(0, 0, 0), width=2
+            )
         for c in range(cols + 1):
             x = self.left + c * width // cols
             self.draw.line((x, top, x, top + rows * row_height), fill=(0, 0, 0), width=2)
         for r in range(rows):
             for c in range(cols):
                 cell = f"{rng.uniform(0, 1000):.1f}" if r else f"col {c + 1}"
-                self.draw.text((self.left + c * width // cols + 8, top + r * row_height + 4), cell, font=font,
-                               fill=(0, 0, 0))
+                self.draw.text(
+                    (self.left + c * width // cols + 8, top + r * row_height + 4),
+                    cell,
+                    font=font,
+                    fill=(0, 0, 0),
+                )
         self._record("table", self.left, top, self.right, top + rows * row_height)
         self.y = top + rows * row_height + 20
         return True
@@ -121,8 +144,9 @@ class _Writer:
         self.boxes.append((CDLA_CLASSES.index(cls), float(x0), float(y0), float(x1), float(y1)))
 
 
-def render_page(sentences: list[str], photo: np.ndarray, rng: np.random.Generator,
-                size: tuple[int, int] = (1216, 1600)) -> Page:
+def render_page(
+    sentences: list[str], photo: np.ndarray, rng: np.random.Generator, size: tuple[int, int] = (1216, 1600)
+) -> Page:
     """One page (width, height = ``size``) from ``sentences`` (consumed in order) and a photo."""
     from PIL import Image
 
@@ -135,8 +159,8 @@ def render_page(sentences: list[str], photo: np.ndarray, rng: np.random.Generato
     writer = _Writer(image, margin, width - margin, margin // 2, height - margin)
     writer.text_block(f"Proceedings of the {rng.integers(1, 40)}th Workshop on Systems", small, "header")
     writer.y += 20
-    writer.text_block(next(words).rstrip("."), _font(int(rng.integers(34, 44)), bold=True), "title",
-                      centered=True, gap=30)
+    title = " ".join(next(words).rstrip(".").split()[: int(rng.integers(3, 8))])
+    writer.text_block(title, _font(int(rng.integers(34, 44)), bold=True), "title", centered=True, gap=30)
     order = ["text", "figure", "text", "table", "text", "equation", "text", "reference"]
     if rng.random() < 0.5:
         order[1], order[3] = order[3], order[1]
@@ -149,8 +173,12 @@ def render_page(sentences: list[str], photo: np.ndarray, rng: np.random.Generato
         elif kind == "table":
             writer.table(rng, f"Table {rng.integers(1, 9)}: {next(words)}", small, small)
         elif kind == "equation":
-            writer.text_block(_EQUATIONS[int(rng.integers(len(_EQUATIONS)))], _font(26, serif=True), "equation",
-                              centered=True)
+            writer.text_block(
+                _EQUATIONS[int(rng.integers(len(_EQUATIONS)))],
+                _font(26, serif=True),
+                "equation",
+                centered=True,
+            )
         else:
             for index in range(int(rng.integers(2, 4))):
                 writer.text_block(f"[{index + 1}] {next(words)}", small, "reference", gap=6)
@@ -160,7 +188,7 @@ def render_page(sentences: list[str], photo: np.ndarray, rng: np.random.Generato
 
 
 def layout_input(page: Page, input_size: tuple[int, int] = (608, 800)) -> tuple[np.ndarray, np.ndarray]:
-    """rapid-layout's preprocessing: resize to 608x800, BGR, (x/255 - mean)/std, CHW; boxes scaled to match."""
+    """rapid-layout's preprocessing: resize to 608x800, BGR, (x/255 - mean)/std, CHW; boxes scaled too."""
     from PIL import Image
 
     height, width = page.image.shape[:2]
@@ -169,5 +197,7 @@ def layout_input(page: Page, input_size: tuple[int, int] = (608, 800)) -> tuple[
     mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
     chw = ((bgr - mean) / std).transpose(2, 0, 1).astype(np.float32)
     sx, sy = input_size[0] / width, input_size[1] / height
-    boxes = np.array([(c, x0 * sx, y0 * sy, x1 * sx, y1 * sy) for c, x0, y0, x1, y1 in page.boxes], np.float32)
+    boxes = np.array(
+        [(c, x0 * sx, y0 * sy, x1 * sx, y1 * sy) for c, x0, y0, x1, y1 in page.boxes], np.float32
+    )
     return chw, boxes.reshape(-1, 5)

@@ -16,13 +16,24 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 #: Photos by role. Colour photos are split between the two sets so both see real colour statistics.
-CALIBRATION_PHOTOS = ("astronaut", "coffee", "immunohistochemistry", "hubble_deep_field", "camera", "coins",
-                      "grass", "brick")
+CALIBRATION_PHOTOS = (
+    "astronaut",
+    "coffee",
+    "immunohistochemistry",
+    "hubble_deep_field",
+    "camera",
+    "coins",
+    "grass",
+    "brick",
+)
 EVALUATION_PHOTOS = ("chelsea", "rocket", "motorcycle", "retina", "clock", "moon", "gravel", "cell")
 
-#: Normalisations as (mean, std) in 0..255 units. torchvision-style ImageNet, and TensorFlow's EfficientNet-Lite
-#: (``efficientnet_lite_builder.py``: MEAN_RGB 127, STDDEV_RGB 128), which its ported weights were trained with.
-IMAGENET = (np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255, np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255)
+#: Normalisations as (mean, std) in 0..255 units: torchvision-style ImageNet, and TensorFlow's EfficientNet
+#: Lite (``efficientnet_lite_builder.py``: MEAN_RGB 127, STDDEV_RGB 128), which its weights were trained with.
+IMAGENET = (
+    np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255,
+    np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255,
+)
 TF_LITE = (np.full(3, 127.0, dtype=np.float32), np.full(3, 128.0, dtype=np.float32))
 
 
@@ -51,7 +62,7 @@ def random_crops(image: np.ndarray, count: int, size: int, rng: np.random.Genera
         side = int(min(height, width) * rng.uniform(0.5, 1.0))
         top = int(rng.integers(0, height - side + 1))
         left = int(rng.integers(0, width - side + 1))
-        crop = image[top:top + side, left:left + side]
+        crop = image[top : top + side, left : left + side]
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
         resized = Image.fromarray(np.ascontiguousarray(crop)).resize((size, size), Image.Resampling.BILINEAR)
@@ -59,14 +70,18 @@ def random_crops(image: np.ndarray, count: int, size: int, rng: np.random.Genera
     return crops
 
 
-def normalized_batch(images: list[np.ndarray], normalization: tuple[np.ndarray, np.ndarray] = IMAGENET) -> np.ndarray:
+def normalized_batch(
+    images: list[np.ndarray], normalization: tuple[np.ndarray, np.ndarray] = IMAGENET
+) -> np.ndarray:
     """uint8 RGB [H, W, 3] images to float32 NCHW, ``(x - mean) / std`` per channel."""
     mean, std = normalization
     stacked = np.stack(images).astype(np.float32)
     return ((stacked - mean) / std).astype(np.float32).transpose(0, 3, 1, 2).copy()
 
 
-def photo_samples(photos: tuple[str, ...], per_photo: int, size: int, seed: int) -> tuple[list[np.ndarray], list[str]]:
+def photo_samples(
+    photos: tuple[str, ...], per_photo: int, size: int, seed: int
+) -> tuple[list[np.ndarray], list[str]]:
     """Crops of every photo in ``photos`` (uint8 RGB) and, for each, the photo it came from."""
     rng = np.random.default_rng(seed)
     images, origins = [], []

@@ -1,35 +1,37 @@
 """Real English sentences found offline: the docstrings of Python's standard library and the Zen of Python.
 
 Every machine with Python has them, they are written by people (not generated), and they cover the
-vocabulary a sentence encoder sees in technical text. The corpus depends only on the Python version, which
-the build record notes. Sentences are filtered to plain prose (6-40 words, almost only letters and
+vocabulary a sentence encoder sees in technical text. Docstrings are read from the modules' source files,
+so the corpus depends only on the Python version (which the build record notes), not on what a process
+imported or patched before. Sentences are filtered to plain prose (6-40 words, almost only letters and
 punctuation, no doctest lines), de-duplicated, then shuffled with a fixed seed and split into disjoint parts.
 """
 
 from __future__ import annotations
 
+import ast
 import codecs
 import contextlib
 import importlib
-import inspect
+import importlib.util
 import io
 import logging
 import re
 import sys
+from pathlib import Path
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
 
-#: Standard-library modules whose docstrings form the corpus (fixed order: the corpus must not depend on
-#: what else happens to be imported).
+#: Standard-library modules (pure Python, so their source is on disk) whose docstrings form the corpus.
 _MODULES = (
-    "textwrap json argparse logging unittest collections itertools functools pathlib subprocess threading "
-    "asyncio email zipfile tarfile csv sqlite3 statistics fractions decimal random difflib heapq bisect "
-    "string calendar shutil tempfile pickle socket ssl http.client urllib.request xml.dom.minidom datetime "
-    "enum dataclasses typing contextlib abc queue sched selectors signal struct codecs locale gettext "
-    "hashlib hmac secrets uuid base64 binascii gzip bz2 lzma operator pprint reprlib weakref copy inspect "
-    "ast dis tokenize traceback warnings pdb timeit trace doctest"
+    "textwrap json argparse logging unittest collections functools pathlib subprocess threading asyncio "
+    "email zipfile tarfile csv sqlite3 statistics fractions decimal random difflib heapq bisect string "
+    "calendar shutil tempfile pickle socket ssl http.client urllib.request xml.dom.minidom datetime enum "
+    "dataclasses typing contextlib queue sched selectors signal struct locale gettext hashlib hmac secrets "
+    "uuid base64 gzip bz2 lzma operator pprint reprlib weakref copy inspect ast dis tokenize traceback "
+    "warnings pdb timeit trace doctest"
 ).split()
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
@@ -45,17 +47,28 @@ def zen_of_python() -> list[str]:
 
 
 def _docstrings(module_name: str) -> list[str]:
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError:  # e.g. sqlite3/ssl missing from a minimal build: the corpus shrinks, and says so
-        logger.warning("corpus: cannot import %s", module_name)
+    """Docstrings of a module's source, read with ``ast``: the module's, then every public top-level class
+    and function's, and their public methods', in source order.
+
+    Reading source rather than live objects matters: libraries monkeypatch the standard library (one
+    replaces ``inspect.getsourcefile``), so live docstrings depend on what a process imported before.
+    """
+    spec = importlib.util.find_spec(module_name)
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        logger.warning("corpus: no Python source for %s", module_name)  # the corpus shrinks, and says so
         return []
-    docs = [module.__doc__ or ""]
-    for name, obj in sorted(vars(module).items()):
-        if name.startswith("_"):
-            continue
-        if (inspect.isfunction(obj) or inspect.isclass(obj)) and getattr(obj, "__module__", "") == module.__name__:
-            docs.append(inspect.getdoc(obj) or "")
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    docs = [ast.get_docstring(tree) or ""]
+    definitions = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    for node in tree.body:
+        if isinstance(node, definitions) and not node.name.startswith("_"):
+            docs.append(ast.get_docstring(node) or "")
+            if isinstance(node, ast.ClassDef):
+                docs.extend(
+                    ast.get_docstring(member) or ""
+                    for member in node.body
+                    if isinstance(member, definitions) and not member.name.startswith("_")
+                )
     return docs
 
 

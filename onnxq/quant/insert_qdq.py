@@ -122,10 +122,13 @@ def insert_qdq(model: ir.Model, plan: QuantPlan, activations: dict[str, TensorQP
             node.replace_input_with(index, dq.outputs[0])
         added += 2
 
+    min_scales = _bias_safe_weight_scales(bias_uses, activations)
     for use in sorted(weight_uses, key=lambda u: (u.node.name, u.input_index)):
         weight = use.node.inputs[use.input_index]
         array = weight.const_value.numpy()
-        q_array, scale, zero = qparams.quantize_weight(array, use.spec, name=weight.name)
+        q_array, scale, zero = qparams.quantize_weight(
+            array, use.spec, name=weight.name, min_scale=min_scales.get((id(use.node), use.input_index))
+        )
         base = weight.name
         attributes = {}
         if use.spec.axis is not None:
@@ -173,6 +176,24 @@ def insert_qdq(model: ir.Model, plan: QuantPlan, activations: dict[str, TensorQP
 
     _remove_unused_initializers(model)
     return added
+
+
+def _bias_safe_weight_scales(bias_uses, activations) -> dict[tuple[int, int], np.ndarray]:
+    """Smallest weight scale per channel that keeps ``b / (s_act · s_w)`` within half the int32 range.
+
+    Channels whose weights are (nearly) zero after BN folding get tiny scales; their bias would overflow
+    int32 and be clipped, which shifts that channel's output. Raising the scale costs nothing there.
+    """
+    floors = {}
+    for use in bias_uses:
+        act = activations.get(use.activation)
+        bias = use.node.inputs[use.input_index]
+        if act is None or bias is None or bias.const_value is None:
+            continue
+        b = np.abs(bias.const_value.numpy().astype(np.float64)).reshape(-1)
+        floor = b / (float(act.scale) * (INT32_MAX / 2))
+        floors[(id(use.node), use.weight_index)] = floor.astype(np.float32)
+    return floors
 
 
 def _copy_type(source: ir.Value, target: ir.Value) -> None:

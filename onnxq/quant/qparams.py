@@ -69,20 +69,28 @@ def dequantize(q: np.ndarray, scale: np.ndarray, zero: np.ndarray, axis: int | N
     return ((q.astype(np.float64) - zero.astype(np.float64)) * scale).astype(np.float32)
 
 
-def quantize_weight(w: np.ndarray, spec: QuantSpec, *, name: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def quantize_weight(
+    w: np.ndarray, spec: QuantSpec, *, name: str = "", min_scale: np.ndarray | float | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Quantize a constant weight: (q, scale, zero point) shaped for DequantizeLinear.
 
     Per-channel: scale/zero are 1-D over ``spec.axis``. Per-block: scale/zero have the weight's shape
     with ``spec.axis`` divided by the block size (DequantizeLinear opset 21 ``block_size`` layout).
+    ``min_scale`` (per channel, or scalar) raises scales that are too small, e.g. so that the int32 bias
+    ``b / (s_act · s_w)`` of a channel with near-zero weights does not overflow.
     """
     w = np.asarray(w)
     if spec.granularity is Granularity.PER_TENSOR:
         scale, zero = qparams_from_range(w.min(), w.max(), spec, name=name)
+        if min_scale is not None:
+            scale = np.maximum(scale, np.max(min_scale)).astype(np.float32)
         return quantize(w, scale, zero, spec), scale, zero
     axis = spec.axis % w.ndim
     if spec.granularity is Granularity.PER_CHANNEL:
         reduce = tuple(i for i in range(w.ndim) if i != axis)
         scale, zero = qparams_from_range(w.min(axis=reduce), w.max(axis=reduce), spec, name=name)
+        if min_scale is not None:
+            scale = np.maximum(scale, np.asarray(min_scale, np.float32)).astype(np.float32)
         return quantize(w, scale, zero, spec, axis=axis), scale, zero
     block = spec.block_size
     if w.shape[axis] % block:

@@ -5,9 +5,8 @@
     output's relative L2 error exceeds the budget, move the most harmful layers to higher precision
     (the target's fall-back precision where it has one, else float) and rebuild → record what was done.
 
-Harm of a layer = SQNR lost across it: min SQNR (vs FP32) of its inputs minus SQNR of its output, measured
-with the intermediate tensors exposed. Calibration statistics do not depend on precision, so fall-back
-never recalibrates: each round is one rebuild and one held-back run.
+The fall-back search (``onnxq.quant.fallback``) ranks layers by sensitivity. Calibration statistics do not
+depend on precision, so fall-back never recalibrates: each round is one rebuild and one held-back run.
 """
 
 from __future__ import annotations
@@ -26,23 +25,16 @@ from onnxq import numerics, pipeline, runtime_compat
 from onnxq.backends.registry import Target, resolve_target
 from onnxq.calibration import CalibrationData, collect_statistics
 from onnxq.inspection import QUANT_METADATA_KEY
-from onnxq.quant import metrics
-from onnxq.quant.annotate import FLOAT, Annotation, QuantPlan, annotate
+from onnxq.quant import fallback, metrics
+from onnxq.quant.annotate import FLOAT, QuantPlan, annotate
 from onnxq.quant.insert_qdq import required_opset
 from onnxq.quant.engine import build_qdq_model, mismatched_shared_nodes
 from onnxq.quant.recipe import Recipe
 
 logger = logging.getLogger(__name__)
 
-MAX_ROUNDS = 24
-
-
-@dataclass
-class Round:
-    round: int
-    error: float
-    quantized_layers: int
-    moved: list[str] = field(default_factory=list)
+#: Held-back samples used for each layer's sensitivity (the full holdout verifies every round).
+SENSITIVITY_SAMPLES = 4
 
 
 @dataclass
@@ -58,7 +50,8 @@ class QuantReport:
     budget_met: bool = False
     layers: dict[str, str] = field(default_factory=dict)  # node -> precision
     kept_float: dict[str, str] = field(default_factory=dict)  # node -> reason
-    rounds: list[Round] = field(default_factory=list)
+    higher_precision: dict[str, str] = field(default_factory=dict)  # node -> precision it moved to
+    rounds: list[fallback.Round] = field(default_factory=list)
     qdq_nodes: int = 0
     speedup: float | None = None
 
@@ -70,7 +63,7 @@ class QuantReport:
         return {
             "target": self.target, "precision": self.precision, "method": self.method,
             "error": round(self.error, 6), "max_error": self.max_error, "budget_met": self.budget_met,
-            "kept_float": self.kept_float, "rounds": len(self.rounds),
+            "kept_float": self.kept_float, "higher_precision": self.higher_precision, "rounds": len(self.rounds),
         }
 
 
@@ -91,40 +84,8 @@ def _run_many(session, backend, samples) -> list[dict[str, np.ndarray]]:
     return [backend.run(session, sample) for sample in samples]
 
 
-def _exposed(model: ir.Model, names: list[str]) -> bytes:
-    values = {v.name: v for node in model.graph for v in node.outputs}
-    present = {v.name for v in model.graph.outputs}
-    for name in names:
-        value = values.get(name)
-        if value is not None and name not in present:
-            if value.dtype is None:
-                value.dtype = ir.DataType.FLOAT
-            model.graph.outputs.append(value)
-            present.add(name)
-    return numerics.model_bytes(model)
-
-
-def layer_harm(fp32: bytes, quantized: ir.Model, plan: QuantPlan, target: Target, samples) -> dict[str, float]:
-    """dB of SQNR each annotation loses between its inputs and its output (higher = more harmful)."""
-    watch: dict[str, tuple[list[str], str]] = {}
-    for annotation in plan.annotations:
-        inputs = [v.name for v in annotation.nodes[0].inputs if v is not None and v.const_value is None]
-        watch[annotation.name] = (inputs, annotation.output.name)
-    names = sorted({n for ins, out in watch.values() for n in [*ins, out]})
-    backend = target.backend
-    ref = _run_many(backend.session(_exposed(_copy(fp32), names), optimize=False), backend, samples)
-    got = _run_many(backend.session(_exposed(quantized, names), optimize=False), backend, samples)
-    sqnr = {}
-    for name in names:
-        if name in ref[0] and name in got[0]:
-            sqnr[name] = metrics.sqnr_db(metrics.stacked(ref, name), metrics.stacked(got, name))
-    harm = {}
-    for layer, (inputs, output) in watch.items():
-        if output not in sqnr:
-            continue
-        before = min([sqnr[n] for n in inputs if n in sqnr] or [metrics.SQNR_CAP_DB])
-        harm[layer] = before - sqnr[output]
-    return harm
+def _key(forced: dict[str, str]) -> tuple:
+    return tuple(sorted(forced.items()))
 
 
 def _opset_for(model: ir.Model, table, precision: str) -> int:
@@ -134,15 +95,6 @@ def _opset_for(model: ir.Model, table, precision: str) -> int:
         fallback = table.precisions[table.fallback_precision]
         needed = max(needed, fallback.activation.min_opset)
     return needed
-
-
-def _next_precision(annotation: Annotation, plan: QuantPlan) -> str:
-    fallback = plan.table.fallback_precision
-    if fallback and annotation.precision != fallback and fallback in annotation.row.precisions:
-        current = plan.table.precisions[annotation.precision].level
-        if plan.table.precisions[fallback].level > current:
-            return fallback
-    return FLOAT
 
 
 def quantize(
@@ -181,44 +133,44 @@ def quantize(
     report = QuantReport(target.name, precision, recipe.method, data.num_samples or 0, len(holdout), recipe.max_error)
     backend = target.backend
     reference = _run_many(backend.session(fp32), backend, holdout) if holdout else []
-    forced: dict[str, str] = {name: FLOAT for name in dissolved}
-    reasons: dict[str, str] = {name: d.reason for name, d in dissolved.items()}
+    base_forced = {name: FLOAT for name in dissolved}
+    errors_seen: dict[tuple, dict[str, float]] = {}
 
-    for round_index in range(MAX_ROUNDS):
+    def build(forced: dict[str, str]) -> tuple[ir.Model, QuantPlan, int]:
         candidate = _copy(fp32)
         plan = annotate(candidate, table, variant=target.variant, precision=precision,
                         overrides=overrides, forced=forced)
-        report.qdq_nodes = build_qdq_model(candidate, plan, stats, method=recipe.method,
-                                           percentile=recipe.percentile)
-        if not holdout:
-            logger.warning("no held-back samples: the result is not verified (use --holdout N)")
-            break
-        say(f"verifying on {target.name} (round {round_index + 1})")
-        actual = _run_many(backend.session(numerics.model_bytes(candidate)), backend, holdout)
-        errors = metrics.output_errors(reference, actual)
-        error = max(errors.values(), default=0.0)
-        this_round = Round(round_index + 1, error, len(plan.annotations))
-        report.rounds.append(this_round)
-        report.error, report.output_errors = error, errors
-        if error <= recipe.max_error or not recipe.fallback:
-            break
-        harm = layer_harm(fp32, candidate, plan, target, holdout)
-        ranked = sorted((a for a in plan.annotations if a.name in harm), key=lambda a: (-harm[a.name], a.name))
-        if not ranked:
-            break
-        step = max(1, math.ceil(len(plan.annotations) / 20))
-        for annotation in ranked[:step]:
-            destination = _next_precision(annotation, plan)
-            forced[annotation.name] = destination
-            reasons[annotation.name] = (
-                f"lost {harm[annotation.name]:.1f} dB SQNR; output error {error:.3g} > budget {recipe.max_error:g}"
-            )
-            this_round.moved.append(f"{annotation.name} -> {destination}")
-    report.budget_met = report.error <= recipe.max_error if holdout else False
+        count = build_qdq_model(candidate, plan, stats, method=recipe.method, percentile=recipe.percentile)
+        return candidate, plan, count
+
+    def evaluate(forced: dict[str, str], quick: bool) -> tuple[QuantPlan, float]:
+        candidate, plan, _ = build(forced)
+        samples = holdout[:SENSITIVITY_SAMPLES] if quick else holdout
+        actual = _run_many(backend.session(numerics.model_bytes(candidate)), backend, samples)
+        errors = metrics.output_errors(reference[: len(samples)], actual)
+        if not quick:
+            errors_seen[_key(forced)] = errors
+        return plan, max(errors.values(), default=0.0)
+
+    if holdout:
+        result = fallback.search(evaluate, base_forced, recipe.max_error, enabled=recipe.fallback, say=say)
+        forced, report.error, report.rounds = result.forced, result.error, result.rounds
+        report.output_errors = errors_seen.get(_key(forced), {})
+        if result.error > recipe.max_error:
+            logger.warning("accuracy budget %g not met: worst output error %.4g", recipe.max_error, result.error)
+    else:
+        logger.warning("no held-back samples: the result is not verified (use --holdout N)")
+        forced = base_forced
+    candidate, plan, report.qdq_nodes = build(forced)
+    report.budget_met = bool(holdout) and report.error <= recipe.max_error
     report.layers = {a.name: a.precision for a in plan.annotations}
+    moved = {name: f"moved to {dest} by fall-back (sensitivity {result.sensitivity.get(name, 0):.3g})"
+             for name, dest in forced.items() if name not in base_forced} if holdout else {}
     report.kept_float = {
         **{d.node: d.reason for d in plan.decisions if d.node},
-        **{name: reasons[name] for name, dest in forced.items() if dest == FLOAT},
+        **{name: d.reason for name, d in dissolved.items()},
+        **{name: why for name, why in moved.items() if forced[name] == FLOAT},
     }
+    report.higher_precision = {name: forced[name] for name in moved if forced[name] != FLOAT}
     candidate.metadata_props[QUANT_METADATA_KEY] = json.dumps(report.summary(), sort_keys=True)
     return candidate, report

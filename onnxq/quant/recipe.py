@@ -36,7 +36,7 @@ class Recipe:
     percentile: float = 99.999
     moving_average: float | None = None
     calibration_size: int | None = None
-    holdout: int = 16
+    holdout: int | None = None  # None: a quarter of the samples, at most 16
     max_error: float = DEFAULT_MAX_ERROR
     fallback: bool = True
     precision_by: dict[str, str] = field(default_factory=dict)
@@ -49,7 +49,7 @@ class Recipe:
             raise OptionError(f"percentile must be in (50, 100], got {self.percentile}")
         if self.max_error <= 0:
             raise OptionError(f"max_error must be positive, got {self.max_error}")
-        if self.holdout < 0 or (self.calibration_size is not None and self.calibration_size < 1):
+        if (self.holdout is not None and self.holdout < 0) or (self.calibration_size is not None and self.calibration_size < 1):
             raise OptionError("holdout must be >= 0 and calibration_size >= 1")
         if self.moving_average is not None and not 0 < self.moving_average <= 1:
             raise OptionError(f"moving_average must be in (0, 1], got {self.moving_average}")

@@ -1,0 +1,182 @@
+"""One streamed pass over the calibration data, reducing every observed tensor as it comes.
+
+The requested intermediate tensors are exposed as extra graph outputs of a *serialized copy* of the model
+(the caller's model is never modified; external weights stay on disk and ORT reads them from their
+folder), run in one ONNX Runtime CPU session with graph optimizations off (so every tensor name
+survives), one intra-op thread per available core (at most ``MAX_THREADS``), sample by sample. Each
+output is folded into its observers at once and dropped, so memory is ``O(tensors × bins)`` plus one
+sample's activations, whatever the number of samples.
+Tensors that are graph inputs are observed from the samples themselves; initializers are observed once.
+
+For histogram methods one pass suffices: the power-of-two histogram (``observers.HistogramObserver``)
+widens its bins exactly as data arrives, so no min/max pass is needed first. Per-channel tensors
+(``per_channel_axes``) keep per-channel min/max only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from onnxq import runtime_compat
+from onnxq.calibration.data import CalibrationData
+from onnxq.calibration.observers import HistogramObserver, MinMaxObserver
+from onnxq.calibration.ranges import HISTOGRAM_METHODS, METHODS, TensorStats
+from onnxq.errors import OptionError, UnknownNameError
+
+logger = logging.getLogger(__name__)
+
+#: Most intra-op threads the calibration session uses (more rarely helps one-sample runs).
+MAX_THREADS = 16
+
+Progress = Callable[[int, "int | None"], None]
+
+
+class _TensorObservers:
+    """The observers of one tensor, chosen by method and granularity."""
+
+    def __init__(self, method: str, axis: int | None, moving_average: float | None, num_bins: int):
+        self.axis = axis
+        use_histogram = method in HISTOGRAM_METHODS and axis is None
+        self.histogram = HistogramObserver(num_bins) if use_histogram else None
+        averaging = moving_average if method == "minmax" else None
+        self.minmax = None if use_histogram else MinMaxObserver(axis, averaging)
+
+    def update(self, array: np.ndarray) -> None:
+        if self.histogram is not None:
+            self.histogram.update(array)
+        if self.minmax is not None:
+            self.minmax.update(array)
+
+    def stats(self, name: str) -> TensorStats:
+        source = self.histogram if self.histogram is not None else self.minmax
+        if source.nonfinite:
+            logger.warning("tensor '%s': %d NaN/Inf values were ignored by calibration",
+                           name, source.nonfinite)
+        return TensorStats(name, source.min, source.max, self.histogram, self.axis,
+                           source.count, source.nonfinite)
+
+
+def _classify(model: ir.Model, names: Sequence[str]) -> tuple[list[str], dict[str, np.ndarray], list[str]]:
+    """Split names into (graph inputs, initializers with their values, node outputs)."""
+    graph = model.graph
+    inputs = {v.name for v in graph.inputs}
+    produced = {v.name for node in graph for v in node.outputs}
+    from_samples, constants, exposed = [], {}, []
+    for name in names:
+        initializer = graph.initializers.get(name)
+        if initializer is not None and initializer.const_value is not None:
+            constants[name] = initializer.const_value.numpy()
+        elif name in inputs:
+            from_samples.append(name)
+        elif name in produced:
+            exposed.append(name)
+        else:
+            raise OptionError(
+                f"cannot calibrate tensor '{name}': the model's main graph has no input, initializer or node "
+                "output of that name (tensors inside If/Loop bodies cannot be observed)"
+            )
+    return from_samples, constants, exposed
+
+
+def exposed_model_bytes(model: ir.Model, names: Sequence[str]) -> bytes:
+    """The model serialized with ``names`` added as graph outputs; ``model`` itself is not modified."""
+    dtypes = {v.name: v.dtype for node in model.graph for v in node.outputs}
+    proto = ir.to_proto(model)
+    present = {o.name for o in proto.graph.output}
+    for name in names:
+        if name in present:
+            continue
+        dtype = dtypes.get(name)
+        if dtype is not None:
+            proto.graph.output.append(onnx.helper.make_tensor_value_info(name, int(dtype), None))
+        else:  # ONNX Runtime infers the type of an untyped output
+            proto.graph.output.append(onnx.ValueInfoProto(name=name))
+        present.add(name)
+    proto.ir_version = min(proto.ir_version, runtime_compat.target_ir_version())
+    return proto.SerializeToString()
+
+
+def _external_data_dir(model: ir.Model) -> str | None:
+    """Folder of the model's external weights (they stay on disk: ORT reads them from there)."""
+    for value in model.graph.initializers.values():
+        if isinstance(value.const_value, ir.ExternalTensor):
+            return str(value.const_value.base_dir)
+    return None
+
+
+def make_calibration_session(model: ir.Model, names: Sequence[str]):
+    """One CPU session of ``model`` with ``names`` exposed: optimizations off, so every name survives."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = _threads()
+    options.inter_op_num_threads = 1
+    folder = _external_data_dir(model)
+    if folder:
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
+    source = exposed_model_bytes(model, names)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def _threads() -> int:
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        available = os.cpu_count() or 1
+    return max(1, min(available, MAX_THREADS))
+
+
+def collect_statistics(
+    model: ir.Model,
+    tensor_names: Sequence[str],
+    data: Iterable[dict],
+    *,
+    method: str = "minmax",
+    per_channel_axes: Mapping[str, int] | None = None,
+    moving_average: float | None = None,
+    num_bins: int = 2048,
+    progress: Progress | None = None,
+) -> dict[str, TensorStats]:
+    """Statistics of ``tensor_names`` over ``data`` (a ``CalibrationData`` or any source it accepts).
+
+    ``method`` decides what is kept: min/max for "minmax" (a moving average with ``moving_average``),
+    a histogram of ``num_bins`` bins per side of zero for the others. ``progress(done, total)`` is called
+    after each sample (``total`` None when unknown).
+    """
+    if method not in METHODS:
+        raise UnknownNameError("calibration method", method, METHODS)
+    if moving_average is not None and method != "minmax":
+        logger.debug("moving_average applies to method 'minmax' only; ignored for '%s'", method)
+    names = list(dict.fromkeys(tensor_names))
+    axes = dict(per_channel_axes or {})
+    from_samples, constants, exposed = _classify(model, names)
+    observers = {n: _TensorObservers(method, axes.get(n), moving_average, num_bins) for n in names}
+    for name, value in constants.items():
+        observers[name].update(value)
+    if not isinstance(data, CalibrationData):
+        data = CalibrationData.from_source(data, model)
+    session = None
+    if exposed:
+        session = make_calibration_session(model, exposed)
+    total = data.num_samples
+    logger.info("calibrating %d tensors (%s) over %s samples", len(names), method, total or "all")
+    done = 0
+    for sample in data:
+        for name in from_samples:
+            if name in sample:
+                observers[name].update(sample[name])
+        if session is not None:
+            for name, array in zip(exposed, session.run(exposed, sample), strict=True):
+                observers[name].update(array)
+        done += 1
+        if progress is not None:
+            progress(done, total if total is not None else data.num_samples)
+    return {name: observers[name].stats(name) for name in names}

@@ -1,0 +1,132 @@
+"""End-to-end post-training quantization on the ORT target: budget, fall-back, recipe, report, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+
+import onnxq
+from onnxq.cli import main
+from onnxq.errors import OptionError, UnknownNameError
+from onnxq.quant.recipe import Recipe
+
+from conftest import load_tool
+
+DEMO = load_tool("make_demo_model")
+
+
+@pytest.fixture(scope="module")
+def calib() -> dict[str, np.ndarray]:
+    return DEMO.calibration_data(samples=40, seed=1)
+
+
+def _model() -> ir.Model:
+    return ir.serde.deserialize_model(DEMO.build())
+
+
+def _ops(model: ir.Model) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in model.graph:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def test_quantize_meets_default_budget_and_records_it(calib):
+    model, report = onnxq.quantize(_model(), calib, target="ort")
+    assert report.budget_met and 0 < report.error <= 0.1
+    assert report.holdout_samples == 10 and report.calibration_samples == 30
+    ops = _ops(model)
+    assert ops["QuantizeLinear"] >= 4 and ops["DequantizeLinear"] >= 8 and ops.get("BatchNormalization", 0) == 0
+    assert set(report.layers.values()) == {"a8w8"} and len(report.layers) >= 4
+    proto = ir.to_proto(model)
+    onnx.checker.check_model(proto, full_check=True)
+    record = json.loads(model.metadata_props["onnxq.quantization"])
+    assert record["target"] == "ort:x86" and record["budget_met"] is True
+    weights = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert weights, "weights are stored as int8"
+
+
+def test_fall_back_reaches_a_tight_budget(calib):
+    model, report = onnxq.quantize(_model(), calib, max_error=0.004)
+    assert report.budget_met and report.error <= 0.004
+    assert len(report.rounds) > 1 and report.rounds[0].error > 0.004
+    moved = [name for name, why in report.kept_float.items() if "fall-back" in why]
+    assert moved and all(name not in report.layers for name in moved)
+
+
+def test_no_fallback_reports_the_miss(calib):
+    model, report = onnxq.quantize(_model(), calib, max_error=0.001, fallback=False)
+    assert len(report.rounds) == 1 and not report.budget_met and report.error > 0.001
+
+
+def test_recipe_exclusions_and_calibration_reader(tmp_path: Path, calib):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{"x": calib["x"][i]} for i in range(len(calib["x"]))])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    recipe_file = tmp_path / "recipe.toml"
+    recipe_file.write_text('method = "percentile"\npercentile = 99.99\nexclude = ["Gemm"]\nholdout = 6\n')
+    recipe = Recipe.from_toml(recipe_file)
+    model, report = onnxq.quantize(_model(), Reader(), recipe=recipe)
+    assert report.method == "percentile" and report.holdout_samples == 6
+    gemms = [name for name, why in report.kept_float.items() if why == "excluded by the recipe"]
+    assert len(gemms) == 2 and not any(n in report.layers for n in gemms)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [('method = "kl"', "unknown calibration method 'kl'"), ("nosuch = 1", "unknown keys ['nosuch']"),
+     ("max_error = -1", "max_error must be positive"), ("method = ", "not valid TOML")],
+)
+def test_bad_recipes_are_clear(tmp_path: Path, text, message):
+    path = tmp_path / "r.toml"
+    path.write_text(text)
+    with pytest.raises(OptionError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        Recipe.from_toml(path)
+
+
+def test_unknown_precision_lists_choices(calib):
+    with pytest.raises(UnknownNameError, match="known: a16w8, a8w8"):
+        onnxq.quantize(_model(), calib, precision="a4w4")
+
+
+def test_cli_quantize_report_inspect_compare(tmp_path: Path, capsys, calib):
+    source = tmp_path / "demo.onnx"
+    onnx.save(DEMO.build(), source)
+    data = tmp_path / "calib.npz"
+    np.savez(data, **calib)
+    out, report_path = tmp_path / "q.onnx", tmp_path / "report.json"
+    assert main(["quantize", str(source), "-o", str(out), "--calib", str(data), "--report", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["budget_met"] and report["speedup"] > 0 and report["target"] == "ort:x86"
+    err = capsys.readouterr().err
+    assert "within budget" in err and "speed-up over FP32" in err
+    assert main(["inspect", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["quantization_record"]["budget_met"] is True
+    assert {op["weight"] for op in summary["quantized_ops"]} <= {"int8", "-"}
+    assert any(op["activation"] == "uint8" for op in summary["quantized_ops"])
+    assert main(["compare", str(source), str(out), "--data", str(data), "--json"]) == 0
+    comparison = json.loads(capsys.readouterr().out)
+    logits = comparison["outputs"][0]
+    assert logits["name"] == "logits" and logits["relative_l2"] < 0.1 and logits["top1_agreement"] >= 0.9
+    assert comparison["speedup"] > 0
+
+
+def test_cli_targets_lists_and_describes(capsys):
+    assert main(["targets"]) == 0
+    assert "ort:x86" in capsys.readouterr().out
+    assert main(["targets", "ort"]) == 0
+    out = capsys.readouterr().out
+    assert "conv+relu" in out and "a8w8 (default)" in out
+    assert main(["targets", "tensorrt:sm89"]) == 2

@@ -1,0 +1,189 @@
+"""Tables from a benchmark result: printed to the console and written into BENCHMARKS.md between markers.
+
+Every number in BENCHMARKS.md comes from here, never from a hand: one table per metric group, rows are
+models (× precision when several), columns are the tools. A cell is "—" where the tool produced nothing
+measurable; why is in the status table. A short list of findings (onnxq slower than FP32, behind ORT's
+quantizer, failing) is derived from the same numbers, so a regression shows up without reading tables.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+BEGIN, END = "<!-- bench:quant:begin -->", "<!-- bench:quant:end -->"
+HEADER = """# onnxq benchmarks
+
+Numbers in this file are written by the scripts in `tools/`, never typed by hand; each section says the
+command that produced it. Rerun the command to refresh a section.
+"""
+LABELS = {"onnxq": "onnxq", "ort": "ORT quantizer", "modelopt": "ModelOpt"}
+
+Cell = Callable[[dict[str, Any]], str | None]
+
+
+def _number(value: Any, pattern: str) -> str | None:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return None
+    return pattern.format(value)
+
+
+def _rows(result: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, dict[str, Any]]]]:
+    """(row label, model entry, {tool: record}) for every model and precision."""
+    precisions = result["options"]["precisions"]
+    rows = []
+    for name, model in result["models"].items():
+        for precision in precisions:
+            label = name if len(precisions) == 1 else f"{name} ({precision})"
+            rows.append((label, model, model.get("results", {}).get(precision, {})))
+    return rows
+
+
+def _table(result: dict[str, Any], title: str, cell: Cell, fp32: Callable[[dict], str | None] | None = None,
+           skip_empty: bool = False, describe: Callable[[dict], str | None] | None = None) -> list[str]:
+    """One metric table; ``fp32`` adds a reference column, ``describe`` a column saying what is measured."""
+    tools = result["options"]["tools"]
+    head = ["model", *(["metric"] if describe else []), *(["FP32"] if fp32 else []),
+            *(LABELS.get(t, t) for t in tools)]
+    lines = [f"### {title}", "", "| " + " | ".join(head) + " |",
+             "|---" + ("|---" if describe else "") + "|---:" * (len(head) - 1 - bool(describe)) + "|"]
+    kept = 0
+    for label, model, records in _rows(result):
+        cells = [cell(records[t]) if t in records and records[t].get("status") == "ok" else None for t in tools]
+        reference = fp32(model) if fp32 else None
+        if skip_empty and reference is None and all(c is None for c in cells):
+            continue
+        kept += 1
+        what = [describe(model) or "—"] if describe else []
+        row = [label, *what, *([reference or "—"] if fp32 else []), *(c or "—" for c in cells)]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines + [""] if kept else []
+
+
+def _status(record: dict[str, Any]) -> str:
+    status = str(record.get("status", "not run"))
+    if status == "ok":
+        notes = [n for n in record.get("notes", []) if n.startswith("pre-process failed")]
+        return "ok" + (" (pre-process failed, quantized without it)" if notes else "")
+    return status.replace("|", "/")[:140]
+
+
+def status_table(result: dict[str, Any]) -> list[str]:
+    tools = result["options"]["tools"]
+    head = ["model", *(LABELS.get(t, t) for t in tools)]
+    lines = ["### Status (quantized, loads and runs on ORT CPU)", "", "| " + " | ".join(head) + " |",
+             "|---" + "|---" * len(tools) + "|"]
+    for label, model, records in _rows(result):
+        if model.get("status") != "ok":
+            lines.append("| " + " | ".join([label, *[str(model.get("status"))[:140]] * len(tools)]) + " |")
+            continue
+        lines.append("| " + " | ".join([label, *(_status(records.get(t, {})) for t in tools)]) + " |")
+    return lines + [""]
+
+
+def findings(result: dict[str, Any]) -> list[str]:
+    """onnxq's weak spots, derived from the numbers: failures, slower than FP32, behind ORT's quantizer."""
+    found = []
+    for label, model, records in _rows(result):
+        ours, ort = records.get("onnxq"), records.get("ort")
+        if model.get("status") != "ok" or not ours:
+            continue
+        if ours.get("status") != "ok":
+            found.append(f"{label}: onnxq {ours.get('status')}")
+            continue
+        ratio = ours.get("latency_ratio")
+        if ratio is not None and ratio < 1.0:
+            noise = " — within 5 %, the noise level of this measurement" if ratio >= 0.95 else ""
+            found.append(f"{label}: onnxq's model is slower than FP32 ({ratio:.2f}× FP32 speed{noise})")
+        if not ort or ort.get("status") != "ok":
+            continue
+        for key, what, margin in (("task", "task metric", 0.005), ("top1_agreement", "top-1 agreement", 0.005),
+                                  ("worst_sqnr_db", "worst-output SQNR", 1.0)):
+            a, b = ours.get(key), ort.get(key)
+            if a is not None and b is not None and a < b - margin:
+                unit = " dB" if key == "worst_sqnr_db" else ""
+                found.append(f"{label}: onnxq's {what} {a:.4g}{unit} < ORT quantizer's {b:.4g}{unit}")
+        if ratio is not None and ort.get("latency_ratio") and ratio < 0.9 * ort["latency_ratio"]:
+            found.append(f"{label}: onnxq's model is slower than ORT quantizer's ({ratio:.2f}× vs "
+                         f"{ort['latency_ratio']:.2f}× FP32 speed)")
+    return found
+
+
+def tables(result: dict[str, Any]) -> list[str]:
+    """Every metric table, in reading order."""
+    pct = lambda key: lambda r: _number(r.get(key), "{:.1%}")  # noqa: E731 - table cell factories
+    lines = status_table(result)
+    lines += _table(result, "Task metric on the labelled eval set", pct("task"),
+                    fp32=lambda m: _number(m.get("fp32", {}).get("task"), "{:.1%}"), skip_empty=True,
+                    describe=lambda m: m.get("task_metric"))
+    lines += _table(result, "Top-1 agreement with FP32 (argmax over the classes of `logits` or the first [N, C] "
+                    "output)",
+                    pct("top1_agreement"), skip_empty=True)
+    lines += _table(result, "Worst-output SQNR vs FP32, dB (higher is better)",
+                    lambda r: _number(r.get("worst_sqnr_db"), "{:.1f}"))
+    lines += _table(result, "Worst-output mean cosine similarity vs FP32",
+                    lambda r: _number(r.get("min_cosine"), "{:.4f}"))
+    lines += _table(result, "Latency ratio FP32 / quantized (> 1: faster; FP32 column: median ms)",
+                    lambda r: _number(r.get("latency_ratio"), "{:.2f}×"),
+                    fp32=lambda m: _number(m.get("fp32", {}).get("latency_ms"), "{:.3g} ms"))
+    lines += _table(result, "Compression (FP32 bytes / quantized bytes, external data included)",
+                    lambda r: _number(r.get("compression"), "{:.2f}×"),
+                    fp32=lambda m: _number(m.get("fp32", {}).get("bytes", 0) / 1e6, "{:.2f} MB"))
+    lines += _table(result, "Quantization wall time, s (whole process, interpreter start-up included)",
+                    lambda r: _number(r.get("wall_s"), "{:.1f}"))
+    lines += _table(result, "Peak RSS of the quantizing process, MiB",
+                    lambda r: _number(r.get("peak_rss_mib"), "{:.0f}"))
+    return lines
+
+
+def _preamble(result: dict[str, Any]) -> list[str]:
+    m, o, load = result["machine"], result["options"], result.get("load_average", {})
+    isa = ", ".join(m.get("int8_isa", [])) or "no AVX-512/VNNI"
+    versions = ", ".join(f"{k} {v}" for k, v in result["versions"].items())
+    return [
+        f"Written by `tools/bench` on {result['date']} in {result['wall_s'] / 60:.1f} min; do not edit by hand. "
+        "Command:", "", f"    {result['command']}", "",
+        f"Machine: {m['cores']}-core {m['arch']} ({m['cpu']}; {isa}), {m['memory_gib']} GiB RAM, "
+        f"{m['gpu']}. Versions: {versions}.", "",
+        f"Load average (1 min) at start / end: {load.get('start')} / {load.get('end')} — the machine is shared; "
+        "wall times move with it, interleaved latency ratios much less.", "",
+        f"Method: every tool calibrates on the same {o['calib_samples']} (at most) calibration samples of the "
+        "zoo model, each in its own process (wall time and peak RSS are that process's, from "
+        "`/usr/bin/time -v`). onnxq: `onnxq quantize --target ort` with default settings (its wall time "
+        "includes its own verification and speed check). ORT: `quant_pre_process`, then `quantize_static` QDQ, "
+        "per-channel, U8 activations / S8 weights, MinMax. ModelOpt: `modelopt.onnx.quantization.quantize` "
+        "int8, `calibration_method=max`, CPU calibration, `high_precision_dtype=fp32` (its fp16 default "
+        "targets TensorRT). Fidelity: on the model's eval set (at most "
+        f"{o['eval_samples']} samples, never calibration data), ORT CPU. Latency: ORT CPU, all graph "
+        "optimizations, same thread count, one sample, FP32 and every quantized model timed interleaved in "
+        f"one process, median of ≥ {o['latency_rounds']} rounds after warm-up.", "",
+    ]
+
+
+def render_text(result: dict[str, Any]) -> str:
+    found = findings(result)
+    lines = [*_preamble(result), *tables(result), "### Findings (derived from the tables)", ""]
+    if "onnxq" not in result["options"]["tools"]:
+        found = found or ["onnxq was not part of this run."]
+    lines += [f"- {line}" for line in found] or ["- none: onnxq loads, runs, is faster than FP32 and at least as "
+                                                 "accurate as ORT's quantizer on every model here."]
+    return "\n".join(lines) + "\n"
+
+
+def render_section(result: dict[str, Any]) -> str:
+    title = "## Quantizers compared: onnxq, ONNX Runtime's quantizer, NVIDIA ModelOpt (ORT CPU)"
+    return f"{BEGIN}\n{title}\n\n{render_text(result)}{END}\n"
+
+
+def update_benchmarks_md(path: Path, result: dict[str, Any]) -> None:
+    """Replace the section between the markers; keep everything else (other scripts own other sections)."""
+    text = path.read_text() if path.exists() else HEADER
+    section = render_section(result)
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
