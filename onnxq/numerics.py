@@ -17,6 +17,9 @@ from onnxq.errors import OptionError
 
 Feeds = dict[str, np.ndarray]
 
+#: A random verification feed may hold at most this many elements (1 GiB of float32).
+MAX_FEED_ELEMENTS = 1 << 28
+
 
 def input_shape(value: ir.Value, shapes: Mapping[str, tuple[int, ...]], dim_values: dict[str, int]) -> tuple[int, ...]:
     if value.name in shapes:
@@ -44,6 +47,11 @@ def random_inputs(model: ir.Model, shapes: Mapping[str, tuple[int, ...]] | None 
         if value.name in initializer_names:
             continue
         shape = input_shape(value, shapes, dim_values)
+        if int(np.prod(shape, dtype=np.float64)) > MAX_FEED_ELEMENTS:
+            raise OptionError(
+                f"input '{value.name}' of shape {list(shape)} is too large to verify with random data "
+                f"(> {MAX_FEED_ELEMENTS} elements); give smaller dims with --input-shape or --verify-data"
+            )
         dtype = value.dtype.numpy() if value.dtype is not None else np.float32
         if np.issubdtype(dtype, np.floating):
             feeds[value.name] = rng.standard_normal(shape).astype(dtype)

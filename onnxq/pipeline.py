@@ -96,8 +96,11 @@ def parse_pipeline(text: str) -> list[OnnxqPass]:
     text = text.strip()
     if not text:
         raise OptionError("empty pass pipeline")
+    items = _split_items(text)
+    if not items:
+        raise OptionError(f"empty pass pipeline '{text}'")
     passes: list[OnnxqPass] = []
-    for item in _split_items(text):
+    for item in items:
         if item in PIPELINES:
             passes.extend(get_pass(name)() for name in PIPELINES[item])
             continue

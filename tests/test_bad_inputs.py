@@ -281,11 +281,6 @@ def test_output_equal_to_input_needs_in_place(tmp_path: Path, capsys):
     assert snapshot(tmp_path) != before and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipeline.parse_pipeline drops empty items, so --passes ' , ' runs no pass and exits 0 "
-    "(owner: onnxq/pipeline.py)",
-)
 def test_pipeline_of_only_separators_is_refused(tmp_path: Path, capsys):
     model = write_base_model(tmp_path)
     code, _, err = run_cli(

@@ -189,11 +189,6 @@ def test_constant_folding_bomb_does_not_allocate_it(op: str, tmp_path: Path, cap
     assert any(n.op_type == op for n in onnx.load(tmp_path / "o.onnx").graph.node)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="numerics.random_inputs allocates a feed of 2**40 floats for --verify "
-    "(MemoryError -> 'internal error', exit 1); owner: numerics.py / pipeline.Verifier",
-)
 def test_verify_with_absurd_input_dims_is_refused(tmp_path: Path, capsys):
     big = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2**20, 2**20])
     model = tmp_path / "m.onnx"

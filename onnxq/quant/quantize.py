@@ -146,7 +146,10 @@ def quantize(
     def evaluate(forced: dict[str, str], quick: bool) -> tuple[QuantPlan, float]:
         candidate, plan, _ = build(forced)
         samples = holdout[:SENSITIVITY_SAMPLES] if quick else holdout
-        actual = _run_many(backend.session(numerics.model_bytes(candidate)), backend, samples)
+        # Sensitivity probes skip the runtime's graph optimizations (same maths, much faster session start);
+        # every verification round runs the target's real fused kernels.
+        session = backend.session(numerics.model_bytes(candidate), optimize=not quick)
+        actual = _run_many(session, backend, samples)
         errors = metrics.output_errors(reference[: len(samples)], actual)
         if not quick:
             errors_seen[_key(forced)] = errors
