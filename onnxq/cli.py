@@ -136,12 +136,12 @@ def main(argv: list[str] | None = None) -> int:
         return exit_with_error(exc, exc.exit_code)
     except typer.Exit as exc:
         return exc.exit_code
-    except typer.TyperException as exc:  # usage errors: typer prints its own one-screen message
-        if hasattr(exc, "show"):
-            exc.show()
-        else:
-            exit_with_error(exc, 2)
-        return 2
+    except typer.TyperException as exc:  # usage errors: one line too, pointing at --help
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        command = getattr(getattr(exc, "ctx", None), "command_path", "onnxq")
+        if not message.strip():  # no arguments at all: typer has printed the help
+            return 2
+        return exit_with_error(OnnxqError(f"{message} (see '{command} --help')"), 2)
     except (typer.Abort, KeyboardInterrupt):
         return exit_with_error(KeyboardInterrupt("interrupted; nothing was written"), 130)
     except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into a clean line

@@ -2,7 +2,8 @@
 
 * ``onnxq``    — the real CLI, default settings: ``onnxq quantize IN -o OUT --calib CALIB --report R``
                  (its time includes its own verification on held-back samples and the speed check it
-                 prints: that is what a user of the command waits for).
+                 prints: that is what a user of the command waits for). CALIB is the npz, or the folder
+                 of one-feed files where the zoo's npz layout is not the one onnxq reads.
 * ``ort``      — ``tools.bench.ort_quantize`` in this interpreter (ORT's pre-process + quantize_static).
 * ``modelopt`` — ``tools.bench.modelopt_quantize`` in ModelOpt's own venv.
 
@@ -46,7 +47,8 @@ def _onnxq_executable() -> list[str]:
 
 
 def _onnxq_command(model: ZooModel, precision: str, out: Path, result: Path) -> list[str]:
-    return [*_onnxq_executable(), "quantize", str(model.fp32), "-o", str(out), "--calib", str(model.calib),
+    calib = model.calib_feeds or model.calib  # same samples; see tools.bench.zoo on the layouts
+    return [*_onnxq_executable(), "quantize", str(model.fp32), "-o", str(out), "--calib", str(calib),
             "--precision", precision, "--report", str(result)]
 
 

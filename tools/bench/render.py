@@ -62,11 +62,19 @@ def _table(result: dict[str, Any], title: str, cell: Cell, fp32: Callable[[dict]
     return lines + [""] if kept else []
 
 
+#: note prefix -> what the status cell says about it
+NOTE_SHORT = {"pre-process failed": "pre-process failed, quantized without it",
+              "no Q/DQ inserted": "**no Q/DQ inserted: nothing quantized**",
+              "modified its input": "rewrote its input file",
+              "calibrated from one-feed": "calibrated from one-feed files"}
+
+
 def _status(record: dict[str, Any]) -> str:
     status = str(record.get("status", "not run"))
     if status == "ok":
-        notes = [n for n in record.get("notes", []) if n.startswith("pre-process failed")]
-        return "ok" + (" (pre-process failed, quantized without it)" if notes else "")
+        notes = [short for prefix, short in NOTE_SHORT.items()
+                 if any(n.startswith(prefix) for n in record.get("notes", []))]
+        return "ok" + (f" ({'; '.join(notes)})" if notes else "")
     return status.replace("|", "/")[:140]
 
 
@@ -80,6 +88,23 @@ def status_table(result: dict[str, Any]) -> list[str]:
             lines.append("| " + " | ".join([label, *[str(model.get("status"))[:140]] * len(tools)]) + " |")
             continue
         lines.append("| " + " | ".join([label, *(_status(records.get(t, {})) for t in tools)]) + " |")
+    return lines + [""]
+
+
+def onnxq_table(result: dict[str, Any]) -> list[str]:
+    """What onnxq's verify-and-fall-back did: its own held-back error against its budget, what it kept float."""
+    if "onnxq" not in result["options"]["tools"]:
+        return []
+    lines = ["### onnxq's own report (verification on its held-back calibration samples)", "",
+             "| model | worst output rel. L2 (budget) | calibrated / held back | layers quantized | kept float "
+             "| fall-back rounds |", "|---|---:|---:|---:|---:|---:|"]
+    for label, _, records in _rows(result):
+        report = records.get("onnxq", {}).get("onnxq_report")
+        if not report:
+            continue
+        lines.append(f"| {label} | {report['error']:.3f} ({report['max_error']:g}) | "
+                     f"{report['calibration_samples']} / {report['holdout_samples']} | {report['layers']} | "
+                     f"{report['kept_float']} | {report['rounds']} |")
     return lines + [""]
 
 
@@ -106,8 +131,16 @@ def findings(result: dict[str, Any]) -> list[str]:
                 unit = " dB" if key == "worst_sqnr_db" else ""
                 found.append(f"{label}: onnxq's {what} {a:.4g}{unit} < ORT quantizer's {b:.4g}{unit}")
         if ratio is not None and ort.get("latency_ratio") and ratio < 0.9 * ort["latency_ratio"]:
+            why = ""
+            report = ours.get("onnxq_report") or {}
+            if report.get("kept_float"):
+                why = (f"; onnxq kept {report['kept_float']} of {report['kept_float'] + report['layers']} layers "
+                       f"float to meet its error budget {report['max_error']:g}")
+            if ours.get("worst_sqnr_db") is not None and ort.get("worst_sqnr_db") is not None:
+                why += (f"; worst-output SQNR onnxq {ours['worst_sqnr_db']:.1f} dB, ORT quantizer "
+                        f"{ort['worst_sqnr_db']:.1f} dB")
             found.append(f"{label}: onnxq's model is slower than ORT quantizer's ({ratio:.2f}× vs "
-                         f"{ort['latency_ratio']:.2f}× FP32 speed)")
+                         f"{ort['latency_ratio']:.2f}× FP32 speed{why})")
     return found
 
 
@@ -135,7 +168,7 @@ def tables(result: dict[str, Any]) -> list[str]:
                     lambda r: _number(r.get("wall_s"), "{:.1f}"))
     lines += _table(result, "Peak RSS of the quantizing process, MiB",
                     lambda r: _number(r.get("peak_rss_mib"), "{:.0f}"))
-    return lines
+    return lines + onnxq_table(result)
 
 
 def _preamble(result: dict[str, Any]) -> list[str]:
@@ -155,7 +188,8 @@ def _preamble(result: dict[str, Any]) -> list[str]:
         "includes its own verification and speed check). ORT: `quant_pre_process`, then `quantize_static` QDQ, "
         "per-channel, U8 activations / S8 weights, MinMax. ModelOpt: `modelopt.onnx.quantization.quantize` "
         "int8, `calibration_method=max`, CPU calibration, `high_precision_dtype=fp32` (its fp16 default "
-        "targets TensorRT). Fidelity: on the model's eval set (at most "
+        "targets TensorRT); it keeps FP32 weights behind Q→DQ for TensorRT to fold, hence compression ≈ 1. "
+        "Fidelity: on the model's eval set (at most "
         f"{o['eval_samples']} samples, never calibration data), ORT CPU. Latency: ORT CPU, all graph "
         "optimizations, same thread count, one sample, FP32 and every quantized model timed interleaved in "
         f"one process, median of ≥ {o['latency_rounds']} rounds after warm-up.", "",

@@ -84,6 +84,21 @@ def model_file_bytes(path: Path) -> int:
     return path.stat().st_size + sum(f.stat().st_size for f in external_files(path))
 
 
+def count_qdq(path: Path) -> int:
+    """QuantizeLinear/DequantizeLinear nodes, subgraphs included: 0 means the tool quantized nothing."""
+    import onnx
+
+    def walk(graph: onnx.GraphProto) -> int:
+        count = 0
+        for node in graph.node:
+            count += node.op_type in ("QuantizeLinear", "DequantizeLinear")
+            for attribute in node.attribute:
+                count += sum(walk(g) for g in ([attribute.g] if attribute.HasField("g") else attribute.graphs))
+        return count
+
+    return walk(onnx.load(str(path), load_external_data=False).graph)
+
+
 def _digest(paths: list[Path]) -> str:
     digest = hashlib.sha256()
     for path in paths:
@@ -144,11 +159,16 @@ def quantize_with(tool: quantizers.Tool, model: zoo.ZooModel, precision: str, op
     record["notes"] = list(details.get("notes", []))
     if _digest([own.fp32, *external_files(own.fp32)]) != before:
         record["notes"].append("modified its input model file in place")
+    if tool.name == "onnxq" and model.calib_feeds:
+        record["notes"].append("calibrated from one-feed npz files: the zoo npz layout is not onnxq's here")
     if measured.ok and out.exists():
         record["status"] = "ok"
         record["path"] = str(out)
         record["bytes"] = model_file_bytes(out)
         record["compression"] = model_file_bytes(model.fp32) / record["bytes"]
+        record["qdq_nodes"] = count_qdq(out)
+        if not record["qdq_nodes"]:
+            record["notes"].append("no Q/DQ inserted: nothing was quantized")
     elif str(details.get("error", "")).startswith("unavailable"):
         record["status"] = details["error"]
     else:

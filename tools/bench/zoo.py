@@ -5,8 +5,12 @@ exports a network, and none of that should stay in the orchestrating process (it
 nothing measured, but a crashing exporter must not end the whole benchmark). A model already built in
 the zoo folder (``NAME.onnx``, ``.calib.npz``, ``.eval.npz`` and ``.json`` all present) is reused.
 
-Every tool calibrates on the same file: the zoo's calibration samples, the first ``calib_samples`` of them
-(zoo sets are already drawn at random), written to the model's work folder in the zoo's own layout.
+Every tool calibrates on the same samples: the zoo's calibration samples, the first ``calib_samples`` of
+them (zoo sets are already drawn at random), written to the model's work folder in the zoo's own layout.
+Where an input's batch axis is not 0 (silero's state [2, batch, 128], stored [samples, 2, 128]) or there
+is none (its sample rate), the same samples are also written as a folder of one-feed npz files, exactly
+as the model takes them: onnxq's ``--calib`` reads an npz array whose rank equals the input's as batched
+on axis 0, which is not the zoo's layout for such inputs (see ``feeds_folder``).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ class ZooModel:
     record: dict[str, Any]
     batch_axes: dict[str, int | None]
     calib_samples: int
+    calib_feeds: Path | None = None  # one npz per feed; set where the npz layout is not onnxq's
     build_seconds: float | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -82,6 +87,18 @@ def _cut_samples(source: Path, target: Path, limit: int) -> int:
     return min(len(value) for value in arrays.values())
 
 
+def feeds_folder(calib: Path, batch_axes: dict[str, int | None], folder: Path) -> Path:
+    """The calibration samples as ``folder/00000.npz``…, each one feed of batch 1, batch axes restored."""
+    from models.artifacts import batches, read_samples
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.npz"):
+        old.unlink()
+    for index, feed in enumerate(batches(read_samples(calib), batch_axes, batch_size=1)):
+        np.savez(folder / f"{index:05d}.npz", **feed)
+    return folder
+
+
 def prepare(name: str, zoo_dir: Path, work_dir: Path, *, calib_samples: int, build_timeout_s: float) -> ZooModel:
     """Build ``name`` if needed and lay out its benchmark inputs under ``work_dir/name``."""
     zoo_dir.mkdir(parents=True, exist_ok=True)
@@ -94,5 +111,9 @@ def prepare(name: str, zoo_dir: Path, work_dir: Path, *, calib_samples: int, bui
     calib = folder / f"{name}.calib{calib_samples}.npz"
     used = _cut_samples(zoo_dir / f"{name}.calib.npz", calib, calib_samples)
     axes = {input_name: spec.get("batch_axis", 0) for input_name, spec in record.get("inputs", {}).items()}
+    feeds = None
+    if any(axis != 0 for axis in axes.values()):
+        feeds = feeds_folder(calib, axes, folder / f"{name}.calib{calib_samples}.feeds")
+    built_in = seconds if seconds is not None else record.get("build_seconds")
     return ZooModel(name, zoo_dir / f"{name}.onnx", calib, zoo_dir / f"{name}.eval.npz", record, axes, used,
-                    build_seconds=seconds if seconds is not None else record.get("build_seconds"))
+                    calib_feeds=feeds, build_seconds=built_in)
