@@ -96,7 +96,21 @@ def _dq_dtype(value: ir.Value | None) -> str | None:
     return "?"
 
 
+def _is_constant(value: ir.Value | None) -> bool:
+    if value is None:
+        return False
+    producer = value.producer()
+    return value.const_value is not None or (producer is not None and producer.op_type == "Constant")
+
+
+def _feeds_quantize(value: ir.Value) -> bool:
+    uses = list(value.uses())
+    return bool(uses) and all(use.node.op_type == "QuantizeLinear" for use in uses)
+
+
 def _quantized_ops(model: ir.Model) -> list[QuantizedOp]:
+    """Ops that form a QDQ node unit: DequantizeLinear on their inputs and either a quantized weight or
+    QuantizeLinear on every output (an op between DQ and float consumers runs in float)."""
     ops = []
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
         if node.op_type in _QDQ or node.domain not in ("", "ai.onnx"):
@@ -106,11 +120,12 @@ def _quantized_ops(model: ir.Model) -> list[QuantizedOp]:
             dtype = _dq_dtype(value)
             if dtype is None:
                 continue
-            if value is not None and value.producer().inputs[0].is_initializer():
+            if value is not None and _is_constant(value.producer().inputs[0]):
                 weight = weight or dtype
             else:
                 activation = activation or dtype
-        if activation or weight:
+        quantized_out = all(_feeds_quantize(v) for v in node.outputs if v is not None)
+        if (activation or weight) and (weight or quantized_out):
             ops.append(QuantizedOp(node.name or "", node.op_type, activation or "float", weight or "-"))
     return ops
 

@@ -14,6 +14,7 @@ importable without the rest. One module, one job:
 * ``modelopt_quantize`` — child: ModelOpt's ONNX INT8 quantizer on CPU.
 * ``modelopt_env``      — the ModelOpt virtualenv: find it, or install it where that pulls no CUDA torch.
 * ``evaluate``          — child: fidelity on the eval set and interleaved latency of FP32 and every result.
+* ``tasks``             — task metrics from the zoo's labels (accuracy, detector recall).
 * ``environment``       — machine and package versions for the record.
 * ``render``            — tables (console and BENCHMARKS.md section).
 * ``runner``            — the core loop: models × precisions × tools → one JSON-able result.

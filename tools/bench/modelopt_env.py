@@ -35,7 +35,8 @@ def unavailable_reason(venv: Path = VENV) -> str | None:
         shown = venv.relative_to(ROOT) if venv.is_relative_to(ROOT) else venv
         return f"unavailable: no venv at {shown} (run with --setup-modelopt)"
     probe = subprocess.run([str(python(venv)), "-c", "import modelopt.onnx.quantization"],
-                           capture_output=True, text=True, timeout=300)
+                           capture_output=True, text=True, timeout=300,
+                           check=False)
     if probe.returncode:
         last = (probe.stderr.strip().splitlines() or ["import failed"])[-1]
         return f"unavailable: {last[:200]}"
@@ -45,7 +46,7 @@ def unavailable_reason(venv: Path = VENV) -> str | None:
 def _pip(venv: Path, *args: str) -> subprocess.CompletedProcess:
     command = [str(python(venv)), "-m", "pip", "--disable-pip-version-check", *args]
     logger.info("%s", " ".join(command))
-    return subprocess.run(command, capture_output=True, text=True)
+    return subprocess.run(command, capture_output=True, text=True, check=False)
 
 
 def setup(venv: Path = VENV) -> str | None:

@@ -95,9 +95,10 @@ def onnxq_table(result: dict[str, Any]) -> list[str]:
     """What onnxq's verify-and-fall-back did: its own held-back error against its budget, what it kept float."""
     if "onnxq" not in result["options"]["tools"]:
         return []
-    lines = ["### onnxq's own report (verification on its held-back calibration samples)", "",
-             "| model | worst output rel. L2 (budget) | calibrated / held back | layers quantized | kept float "
-             "| fall-back rounds |", "|---|---:|---:|---:|---:|---:|"]
+    head = ("| model | worst output rel. L2 (budget) | calibrated / held back | layers quantized | kept float "
+            "| fall-back rounds |")
+    lines = ["### onnxq's own report (verification on its held-back calibration samples)", "", head,
+             "|---|---:|---:|---:|---:|---:|"]
     for label, _, records in _rows(result):
         report = records.get("onnxq", {}).get("onnxq_report")
         if not report:
@@ -106,6 +107,13 @@ def onnxq_table(result: dict[str, Any]) -> list[str]:
                      f"{report['calibration_samples']} / {report['holdout_samples']} | {report['layers']} | "
                      f"{report['kept_float']} | {report['rounds']} |")
     return lines + [""]
+
+
+def _kept_float(report: dict[str, Any]) -> str:
+    """'6 of 6 layers float: Conv 1-D has no fast int8 kernel (2-D only) ×6' from onnxq's report summary."""
+    total = report["kept_float"] + report["layers"]
+    reasons = ", ".join(f"{reason} ×{count}" for reason, count in report.get("kept_float_reasons", {}).items())
+    return f"{report['kept_float']} of {total} layers float" + (f": {reasons}" if reasons else "")
 
 
 def findings(result: dict[str, Any]) -> list[str]:
@@ -118,6 +126,13 @@ def findings(result: dict[str, Any]) -> list[str]:
         if ours.get("status") != "ok":
             found.append(f"{label}: onnxq {ours.get('status')}")
             continue
+        report = ours.get("onnxq_report") or {}
+        if ours.get("qdq_nodes") == 0:
+            found.append(f"{label}: onnxq quantized nothing (no Q/DQ in its output"
+                         + (f"; kept {_kept_float(report)})" if report.get("kept_float") else ")"))
+        if ours.get("compression") is not None and ours["compression"] < 1.0:
+            found.append(f"{label}: onnxq's output file is larger than the FP32 input "
+                         f"({ours['compression']:.2f}× compression)")
         ratio = ours.get("latency_ratio")
         if ratio is not None and ratio < 1.0:
             noise = " — within 5 %, the noise level of this measurement" if ratio >= 0.95 else ""
@@ -134,19 +149,33 @@ def findings(result: dict[str, Any]) -> list[str]:
             why = ""
             report = ours.get("onnxq_report") or {}
             if report.get("kept_float"):
-                why = (f"; onnxq kept {report['kept_float']} of {report['kept_float'] + report['layers']} layers "
-                       f"float to meet its error budget {report['max_error']:g}")
+                why = f"; onnxq kept {_kept_float(report)}"
             if ours.get("worst_sqnr_db") is not None and ort.get("worst_sqnr_db") is not None:
                 why += (f"; worst-output SQNR onnxq {ours['worst_sqnr_db']:.1f} dB, ORT quantizer "
                         f"{ort['worst_sqnr_db']:.1f} dB")
             found.append(f"{label}: onnxq's model is slower than ORT quantizer's ({ratio:.2f}× vs "
                          f"{ort['latency_ratio']:.2f}× FP32 speed{why})")
+    raised = [(label, model["fp32"]["ir_version"], records["onnxq"]["ir_version"])
+              for label, model, records in _rows(result)
+              if records.get("onnxq", {}).get("ir_version", 0) > model.get("fp32", {}).get("ir_version", 99)]
+    if raised:
+        pairs = ", ".join(f"{label} {before}→{after}" for label, before, after in raised)
+        found.append(f"onnxq raised the IR version of its output above the input's ({pairs}); ORT 1.31 and "
+                     "older load at most IR 13")
     return found
+
+
+def _format(record: dict[str, Any]) -> str | None:
+    if record.get("ir_version") is None:
+        return None
+    return f"IR {record['ir_version']} / {record.get('opset')}"
 
 
 def tables(result: dict[str, Any]) -> list[str]:
     """Every metric table, in reading order."""
-    pct = lambda key: lambda r: _number(r.get(key), "{:.1%}")  # noqa: E731 - table cell factories
+    def pct(key: str) -> Cell:
+        return lambda record: _number(record.get(key), "{:.1%}")
+
     lines = status_table(result)
     lines += _table(result, "Task metric on the labelled eval set", pct("task"),
                     fp32=lambda m: _number(m.get("fp32", {}).get("task"), "{:.1%}"), skip_empty=True,
@@ -164,6 +193,8 @@ def tables(result: dict[str, Any]) -> list[str]:
     lines += _table(result, "Compression (FP32 bytes / quantized bytes, external data included)",
                     lambda r: _number(r.get("compression"), "{:.2f}×"),
                     fp32=lambda m: _number(m.get("fp32", {}).get("bytes", 0) / 1e6, "{:.2f} MB"))
+    lines += _table(result, "Output file format: IR version / default-domain opset (FP32 column: the input)",
+                    _format, fp32=lambda m: _format(m.get("fp32", {})))
     lines += _table(result, "Quantization wall time, s (whole process, interpreter start-up included)",
                     lambda r: _number(r.get("wall_s"), "{:.1f}"))
     lines += _table(result, "Peak RSS of the quantizing process, MiB",
@@ -175,25 +206,26 @@ def _preamble(result: dict[str, Any]) -> list[str]:
     m, o, load = result["machine"], result["options"], result.get("load_average", {})
     isa = ", ".join(m.get("int8_isa", [])) or "no AVX-512/VNNI"
     versions = ", ".join(f"{k} {v}" for k, v in result["versions"].items())
-    return [
-        f"Written by `tools/bench` on {result['date']} in {result['wall_s'] / 60:.1f} min; do not edit by hand. "
-        "Command:", "", f"    {result['command']}", "",
-        f"Machine: {m['cores']}-core {m['arch']} ({m['cpu']}; {isa}), {m['memory_gib']} GiB RAM, "
-        f"{m['gpu']}. Versions: {versions}.", "",
-        f"Load average (1 min) at start / end: {load.get('start')} / {load.get('end')} — the machine is shared; "
-        "wall times move with it, interleaved latency ratios much less.", "",
+    written = (f"Written by `tools/bench` on {result['date']} in {result['wall_s'] / 60:.1f} min; "
+               "do not edit by hand. Command:")
+    machine = (f"Machine: {m['cores']}-core {m['arch']} ({m['cpu']}; {isa}), {m['memory_gib']} GiB RAM, "
+               f"{m['gpu']}. Versions: {versions}.")
+    load_line = (f"Load average (1 min) at start / end: {load.get('start')} / {load.get('end')} — the machine "
+                 "is shared; wall times move with it, interleaved latency ratios much less.")
+    method = (
         f"Method: every tool calibrates on the same {o['calib_samples']} (at most) calibration samples of the "
         "zoo model, each in its own process (wall time and peak RSS are that process's, from "
         "`/usr/bin/time -v`). onnxq: `onnxq quantize --target ort` with default settings (its wall time "
-        "includes its own verification and speed check). ORT: `quant_pre_process`, then `quantize_static` QDQ, "
-        "per-channel, U8 activations / S8 weights, MinMax. ModelOpt: `modelopt.onnx.quantization.quantize` "
-        "int8, `calibration_method=max`, CPU calibration, `high_precision_dtype=fp32` (its fp16 default "
-        "targets TensorRT); it keeps FP32 weights behind Q→DQ for TensorRT to fold, hence compression ≈ 1. "
-        "Fidelity: on the model's eval set (at most "
-        f"{o['eval_samples']} samples, never calibration data), ORT CPU. Latency: ORT CPU, all graph "
-        "optimizations, same thread count, one sample, FP32 and every quantized model timed interleaved in "
-        f"one process, median of ≥ {o['latency_rounds']} rounds after warm-up.", "",
-    ]
+        "includes its own verification and speed check; it holds back a quarter of the samples to verify). "
+        "ORT: `quant_pre_process`, then `quantize_static` QDQ, per-channel, U8 activations / S8 weights, "
+        "MinMax. ModelOpt: `modelopt.onnx.quantization.quantize` int8, `calibration_method=max`, CPU "
+        "calibration, `high_precision_dtype=fp32` (its fp16 default targets TensorRT); it keeps FP32 weights "
+        "behind Q→DQ for TensorRT to fold, hence compression ≈ 1. Fidelity: on the model's eval set (at most "
+        f"{o['eval_samples']} samples, never calibration data), against the FP32 file, on ORT CPU. Latency: "
+        "ORT CPU, all graph optimizations, same thread count, one sample, FP32 and every quantized model "
+        f"timed interleaved in one process, median of ≥ {o['latency_rounds']} rounds after warm-up."
+    )
+    return [written, "", f"    {result['command']}", "", machine, "", load_line, "", method, ""]
 
 
 def render_text(result: dict[str, Any]) -> str:
@@ -201,8 +233,9 @@ def render_text(result: dict[str, Any]) -> str:
     lines = [*_preamble(result), *tables(result), "### Findings (derived from the tables)", ""]
     if "onnxq" not in result["options"]["tools"]:
         found = found or ["onnxq was not part of this run."]
-    lines += [f"- {line}" for line in found] or ["- none: onnxq loads, runs, is faster than FP32 and at least as "
-                                                 "accurate as ORT's quantizer on every model here."]
+    none = ("none: onnxq loads, runs, is faster than FP32 and at least as accurate as ORT's quantizer on "
+            "every model here.")
+    lines += [f"- {line}" for line in found or [none]]
     return "\n".join(lines) + "\n"
 
 

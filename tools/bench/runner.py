@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -84,8 +85,11 @@ def model_file_bytes(path: Path) -> int:
     return path.stat().st_size + sum(f.stat().st_size for f in external_files(path))
 
 
-def count_qdq(path: Path) -> int:
-    """QuantizeLinear/DequantizeLinear nodes, subgraphs included: 0 means the tool quantized nothing."""
+def model_facts(path: Path) -> dict[str, Any]:
+    """IR version, default-domain opset and Q/DQ node count (subgraphs included; 0: nothing quantized).
+
+    The IR version decides which runtimes load the file at all (ORT 1.31 refuses IR 14), so it is recorded.
+    """
     import onnx
 
     def walk(graph: onnx.GraphProto) -> int:
@@ -96,7 +100,9 @@ def count_qdq(path: Path) -> int:
                 count += sum(walk(g) for g in ([attribute.g] if attribute.HasField("g") else attribute.graphs))
         return count
 
-    return walk(onnx.load(str(path), load_external_data=False).graph)
+    proto = onnx.load(str(path), load_external_data=False)
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    return {"ir_version": proto.ir_version, "opset": opset, "qdq_nodes": walk(proto.graph)}
 
 
 def _digest(paths: list[Path]) -> str:
@@ -133,6 +139,11 @@ def _onnxq_summary(report: dict[str, Any]) -> dict[str, Any]:
     summary = {key: report.get(key) for key in keys}
     summary.update(layers=len(report.get("layers", {})), kept_float=len(report.get("kept_float", {})),
                    rounds=len(report.get("rounds", [])))
+    reasons: dict[str, int] = {}
+    for reason in report.get("kept_float", {}).values():
+        general = re.sub(r"\s*\(sensitivity [^)]*\)", "", reason)  # one entry per kind of reason
+        reasons[general] = reasons.get(general, 0) + 1
+    summary["kept_float_reasons"] = reasons
     return summary
 
 
@@ -166,7 +177,7 @@ def quantize_with(tool: quantizers.Tool, model: zoo.ZooModel, precision: str, op
         record["path"] = str(out)
         record["bytes"] = model_file_bytes(out)
         record["compression"] = model_file_bytes(model.fp32) / record["bytes"]
-        record["qdq_nodes"] = count_qdq(out)
+        record.update(model_facts(out))
         if not record["qdq_nodes"]:
             record["notes"].append("no Q/DQ inserted: nothing was quantized")
     elif str(details.get("error", "")).startswith("unavailable"):
@@ -238,7 +249,8 @@ def benchmark_model(name: str, options: BenchOptions, tools: list[quantizers.Too
         return {"status": f"unavailable: {exc}"}
     entry: dict[str, Any] = {"status": "ok", "summary": model.record.get("summary"), "calib_samples":
                              model.calib_samples, "build_seconds": model.build_seconds,
-                             "fp32": {"bytes": model_file_bytes(model.fp32)}, "results": {}}
+                             "fp32": {"bytes": model_file_bytes(model.fp32), **model_facts(model.fp32)},
+                             "results": {}}
     for precision in options.precisions:
         records = {tool.name: quantize_with(tool, model, precision, options) for tool in tools}
         evaluation = evaluate_all(model, precision, records, options)
