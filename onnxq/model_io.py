@@ -217,7 +217,7 @@ def save_model(
                     f"output data file '{data_target}' would overwrite the input's data '{source}'; "
                     "choose another output name or pass --in-place"
                 )
-    model.ir_version = runtime_compat.target_ir_version()
+    model.ir_version = runtime_compat.output_ir_version(model)
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent or "."))
     except OSError as exc:

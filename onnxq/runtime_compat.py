@@ -64,8 +64,21 @@ def ort_max_opset() -> int:
 
 
 def target_ir_version() -> int:
-    """The IR version onnxq writes: the newest one both onnx and the installed ORT accept."""
+    """The newest IR version both onnx and the installed ORT accept: the ceiling of what onnxq writes."""
     return min(onnx.IR_VERSION, ort_max_ir_version())
+
+
+def output_ir_version(model: ir.Model) -> int:
+    """The IR version to write: the lowest that holds the model (its input IR, what its opsets need, 10 for
+    node metadata), so older runtimes (ORT ≤ 1.31 reads at most IR 13, TensorRT and QNN lag further) still
+    load it; never above what the installed ORT accepts."""
+    needed = max(model.ir_version or 3, helper.find_min_ir_version_for(
+        [helper.make_opsetid(domain, version) for domain, version in model.opset_imports.items()],
+        ignore_unknown=True,
+    ))
+    if any(node.metadata_props for node in model.graph):
+        needed = max(needed, 10)
+    return min(needed, target_ir_version())
 
 
 def default_opset(model: ir.Model) -> int:
