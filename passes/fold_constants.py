@@ -27,11 +27,24 @@ NEVER_FOLD = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLi
 CONSTANT_OF_SHAPE_LIMIT = 1024
 
 
+#: Ops that only re-lay out their first input: folding them on a shared weight duplicates the weight.
+_LAYOUT_OPS = frozenset({"Unsqueeze", "Squeeze", "Reshape", "Transpose", "Flatten", "Expand", "Tile", "Cast"})
+_DUPLICATION_LIMIT = 4096
+
+
+def _is_shared_large_constant(value: ir.Value | None) -> bool:
+    if value is None or value.const_value is None or value.const_value.size <= _DUPLICATION_LIMIT:
+        return False
+    return len(list(value.uses())) > 1
+
+
 def _should_fold(node: ir.Node) -> bool | None:
     if node.domain not in ("", "ai.onnx"):
         return None
     if node.op_type in NEVER_FOLD:
         return False
+    if node.op_type in _LAYOUT_OPS and node.inputs and _is_shared_large_constant(node.inputs[0]):
+        return False  # folding would store a second copy of a weight that other nodes still read
     if node.op_type == "ConstantOfShape":
         shape = node.inputs[0].const_value if node.inputs and node.inputs[0] is not None else None
         if shape is not None and int(abs(shape.numpy()).prod()) <= CONSTANT_OF_SHAPE_LIMIT:
@@ -54,6 +67,8 @@ class FoldConstantsPass(OnnxqPass):
     3. Shape computations on statically known shapes are folded.
     4. QuantizeLinear / DequantizeLinear are never folded (they carry quantized weights).
     5. ConstantOfShape with a constant shape of at most 1024 elements is folded (pad computations).
+    6. A layout op (Unsqueeze, Reshape, Transpose, ...) on a large constant that other nodes also read is
+       not folded: that would store the weight twice.
     """
 
     name = "fold-constants"

@@ -160,8 +160,9 @@ def findings(result: dict[str, Any]) -> list[str]:
               if records.get("onnxq", {}).get("ir_version", 0) > model.get("fp32", {}).get("ir_version", 99)]
     if raised:
         pairs = ", ".join(f"{label} {before}→{after}" for label, before, after in raised)
-        found.append(f"onnxq raised the IR version of its output above the input's ({pairs}); ORT 1.31 and "
-                     "older load at most IR 13")
+        newest = max(after for _, _, after in raised)
+        found.append(f"onnxq raised the IR version of its output above the input's ({pairs}): a runtime must "
+                     f"read IR {newest} to load them (ORT 1.31 reads at most IR 13)")
     return found
 
 

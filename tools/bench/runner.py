@@ -123,6 +123,12 @@ def private_copy(model: zoo.ZooModel, folder: Path) -> zoo.ZooModel:
     return dataclasses.replace(model, fp32=target)
 
 
+def child_env() -> dict[str, str]:
+    """Children run in their own folders; ``tools`` and ``models`` are found through PYTHONPATH."""
+    paths = [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
@@ -158,8 +164,9 @@ def quantize_with(tool: quantizers.Tool, model: zoo.ZooModel, precision: str, op
     out, result_path = folder / f"{model.name}.{tool.name}.onnx", folder / "result.json"
     own = private_copy(model, folder)
     before = _digest([own.fp32, *external_files(own.fp32)])
-    measured = measure.run_measured(tool.command(own, precision, out, result_path), cwd=ROOT,
-                                    log_path=folder / "log.txt", timeout_s=options.timeout_s)
+    # cwd = the tool's folder: ORT's pre-processor leaves temporary files in the working directory.
+    measured = measure.run_measured(tool.command(own, precision, out, result_path), cwd=folder,
+                                    log_path=folder / "log.txt", timeout_s=options.timeout_s, env=child_env())
     details = _read_json(result_path)
     record: dict[str, Any] = {"wall_s": measured.wall_s, "peak_rss_mib": measured.peak_rss_mib,
                               "rss_source": measured.rss_source, "log": str(folder / "log.txt"), "loaded": None}
@@ -221,7 +228,7 @@ def evaluate_all(model: zoo.ZooModel, precision: str, records: dict[str, dict], 
     for candidate in candidates:
         command += ["--candidate", candidate]
     result_path.unlink(missing_ok=True)
-    measured = measure.run_measured(command, cwd=ROOT, log_path=folder / "evaluation.log",
+    measured = measure.run_measured(command, cwd=folder, env=child_env(), log_path=folder / "evaluation.log",
                                     timeout_s=options.timeout_s)
     found = _read_json(result_path)
     if not measured.ok or "error" in found:
@@ -270,6 +277,7 @@ def run_benchmark(options: BenchOptions, command: str = "tools.bench.runner.run_
     ``command`` is what reproduces the run (the CLI passes its own command line).
     """
     tools = quantizers.resolve(options.tools)
+    options.work_dir, options.zoo_dir = options.work_dir.resolve(), options.zoo_dir.resolve()
     options.work_dir.mkdir(parents=True, exist_ok=True)
     start, load_at_start = time.perf_counter(), round(os.getloadavg()[0], 2)
     result: dict[str, Any] = {
