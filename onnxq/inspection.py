@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass, field
 
 import onnx_ir as ir
 
-from onnxq import runtime_compat
 
 _QDQ = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
 #: metadata_props key under which ``onnxq quantize`` records its decisions (a JSON document).
@@ -162,9 +161,3 @@ def summarize(model: ir.Model, path: str | None = None) -> ModelSummary:
         quantization_record=json.loads(record) if record else None,
     )
 
-
-def default_opset_or_none(model: ir.Model) -> int | None:
-    try:
-        return runtime_compat.default_opset(model)
-    except Exception:  # noqa: BLE001
-        return None

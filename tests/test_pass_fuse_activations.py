@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import collections
 
 import onnx
 import onnx.parser
 import onnx_ir as ir
 import pytest
+
+from pass_helpers import load_checked as _load
+from pass_helpers import op_counts as _ops
 
 from onnxq import numerics
 from onnxq.pass_api import get_pass
@@ -53,16 +55,6 @@ act (float[N,C,H,W] x, float[N,C,H,W] z) => (float[N,C,H,W] y) {inits} {{
   {body}
 }}
 """
-
-
-def _load(text: str) -> ir.Model:
-    proto = onnx.parser.parse_model(text)
-    onnx.checker.check_model(proto, full_check=True)
-    return ir.serde.deserialize_model(proto)
-
-
-def _ops(model: ir.Model) -> collections.Counter:
-    return collections.Counter(n.op_type for n in model.graph if n.op_type != "Constant")
 
 
 def _tags(model: ir.Model) -> dict[str, str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import logging
 
 import numpy as np
@@ -10,6 +9,9 @@ import onnx
 import onnx.parser
 import onnx_ir as ir
 import pytest
+
+from pass_helpers import load_checked as _load
+from pass_helpers import op_counts as _ops
 
 from onnxq import numerics, runtime_compat
 from onnxq.errors import OpsetError
@@ -83,16 +85,6 @@ layernorm (float[{x_shape}] x) => (float[{x_shape}] y) <{", ".join(params)}> {{
   {body}
 }}
 """
-
-
-def _load(text: str) -> ir.Model:
-    proto = onnx.parser.parse_model(text)
-    onnx.checker.check_model(proto, full_check=True)
-    return ir.serde.deserialize_model(proto)
-
-
-def _ops(model: ir.Model) -> collections.Counter:
-    return collections.Counter(n.op_type for n in model.graph if n.op_type != "Constant")
 
 
 def _assert_same_numerics(text: str, model: ir.Model, shapes=None, rtol: float = 1e-4) -> None:

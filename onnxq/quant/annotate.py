@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import onnx_ir as ir
 from onnx_ir.passes.common import NameFixPass
 
-from onnxq.backends.capability import CapabilityTable, Match, PatternRow, Precision, RowKind
+from onnxq.backends.capability import CapabilityTable, Match, PatternRow, RowKind
 from onnxq.quant.spec import QuantSpec, weight_spec
 
 logger = logging.getLogger(__name__)
@@ -267,7 +267,3 @@ def annotate(
     sweep({RowKind.ELEMENTWISE, RowKind.PASSTHROUGH, RowKind.SHARED})
     return plan
 
-
-def precision_of(plan: QuantPlan, name: str) -> Precision | None:
-    annotation = plan.by_node().get(name)
-    return plan.table.precisions[annotation.precision] if annotation else None

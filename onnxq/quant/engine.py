@@ -19,6 +19,7 @@ from onnxq.backends.capability import RowKind
 from onnxq.quant import qparams
 from onnxq.quant.annotate import Decision, QuantPlan
 from onnxq.quant.insert_qdq import TensorQParams, insert_qdq
+from onnxq.quant.spec import QuantSpec
 
 logger = logging.getLogger(__name__)
 
@@ -80,23 +81,25 @@ def activation_qparams(
         for other in members[1:]:
             groups.union(members[0], other)
     ranges: dict[str, tuple[float, float]] = {}
+    # Members of a group share the widest spec (a 16-bit member makes the whole group 16-bit).
+    group_specs: dict[str, QuantSpec] = {}
     for name, spec in specs.items():
+        root = groups.find(name)
+        if root not in group_specs or spec.dtype.bits > group_specs[root].dtype.bits:
+            group_specs[root] = spec
         if name not in stats:
             logger.warning("no calibration statistics for '%s'; it stays float", name)
             continue
         lo, hi = tensor_range(stats, name, spec, method, percentile)
-        root = groups.find(name)
         old = ranges.get(root)
         ranges[root] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
     result = {}
-    for name, spec in specs.items():
+    for name in specs:
         root = groups.find(name)
         if root not in ranges:
             continue
-        # Members of a group share the widest spec (a 16-bit member makes the whole group 16-bit).
-        group_spec = max((specs[m] for m in specs if groups.find(m) == root), key=lambda s: s.dtype.bits)
-        scale, zero = qparams.qparams_from_range(*ranges[root], group_spec, name=name)
-        result[name] = TensorQParams(scale, zero, group_spec)
+        scale, zero = qparams.qparams_from_range(*ranges[root], group_specs[root], name=name)
+        result[name] = TensorQParams(scale, zero, group_specs[root])
     return result
 
 

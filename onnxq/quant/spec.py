@@ -147,15 +147,6 @@ class DerivedSpec:
 AnySpec = QuantSpec | SharedSpec | DerivedSpec
 
 
-def base_spec(spec: AnySpec) -> QuantSpec | None:
-    """The QuantSpec behind a spec (None for derived ones)."""
-    if isinstance(spec, SharedSpec):
-        return spec.spec
-    if isinstance(spec, QuantSpec):
-        return spec
-    return None
-
-
 def activation_spec(dtype: str, *, symmetric: bool = False) -> QuantSpec:
     return QuantSpec(QDType.parse(dtype), Granularity.PER_TENSOR, symmetric=symmetric)
 

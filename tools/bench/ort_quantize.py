@@ -15,13 +15,12 @@ wall time and peak RSS of the whole process).
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
+
+from tools.bench.child import run_quantizer_child
 
 #: precision -> (activation type, weight type) names of onnxruntime.quantization.QuantType
 PRECISIONS = {"a8w8": ("QUInt8", "QInt8"), "a16w8": ("QUInt16", "QInt8")}
@@ -76,22 +75,7 @@ def quantize(model: Path, calib: Path, out: Path, batch_axes: dict, precision: s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", type=Path)
-    parser.add_argument("calib", type=Path)
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--batch-axes", default="{}", help="JSON {input: axis or null}")
-    parser.add_argument("--precision", default="a8w8")
-    parser.add_argument("--result", type=Path, required=True)
-    args = parser.parse_args(argv)
-    try:
-        result = quantize(args.model, args.calib, args.out, json.loads(args.batch_axes), args.precision)
-    except Exception as exc:  # noqa: BLE001 - reported to the parent, then a non-zero exit
-        traceback.print_exc()
-        args.result.write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}"[:500]}))
-        return 1
-    args.result.write_text(json.dumps(result, indent=2))
-    return 0
+    return run_quantizer_child(__doc__.splitlines()[0], quantize, argv)
 
 
 if __name__ == "__main__":
