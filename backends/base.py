@@ -35,9 +35,29 @@ class Backend:
     def table(self, variant: str = "") -> CapabilityTable:
         return self._table_impl(self.check_variant(variant))
 
-    def session(self, model: bytes | str, *, optimize: bool = True):
-        """A session of the target runtime on a serialized model or a path."""
-        return self._session_impl(model, optimize=optimize)
+    #: the runtime simulates the device here: latency says nothing (no speed-up claims) and sessions are
+    #: slow, so the fall-back search runs on the quick session and only the final model on the simulator
+    simulated: bool = False
+
+    def session(self, model: bytes | str, *, variant: str = "", quick: bool = False):
+        """A session of the target runtime on a serialized model or a path.
+
+        ``quick`` asks for the cheapest session that computes the same numbers (sensitivity probes run
+        dozens): no graph optimizations on ORT; the CPU EP as a stand-in for a simulated accelerator.
+        """
+        return self._session_impl(model, self.check_variant(variant), quick=quick)
+
+    def reference_session(self, model: bytes | str):
+        """A session for the FP32 reference outputs (ORT CPU, full optimizations, whatever the target)."""
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+    def placement(self, model: bytes | str, *, variant: str = "", total_nodes: int = 0):
+        """Where the target put the model's nodes (None: everything runs where the session runs)."""
+        return None
 
     def run(self, session, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = [o.name for o in session.get_outputs()]
@@ -55,9 +75,19 @@ class Backend:
                 samples[i].append(time.perf_counter() - start)
         return [float(np.median(s)) for s in samples]
 
+    #: whether ``export`` lowers models to an artefact of this runtime
+    exportable: bool = False
+
+    def export(self, model_path, out_dir, *, variant: str = "", allow_cpu_fallback: bool = False, feeds=None):
+        """Lower a quantized model to the runtime's artefact in ``out_dir``; returns a report object."""
+        from onnxq.errors import OptionError
+
+        raise OptionError(f"target '{self.name}' has no export step (its models run as ONNX); exportable "
+                          f"targets: qnn")
+
     # -- to implement -------------------------------------------------------------------------------
     def _table_impl(self, variant: str) -> CapabilityTable:
         raise NotImplementedError
 
-    def _session_impl(self, model: bytes | str, *, optimize: bool):
+    def _session_impl(self, model: bytes | str, variant: str, *, quick: bool):
         raise NotImplementedError

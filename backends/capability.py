@@ -15,6 +15,17 @@ Row kinds:
                only when the input is already quantized.
   SHARED       inputs and output share one scale (Concat); dissolved after calibration when the inputs'
                ranges differ too much for one scale (the box-coordinates-with-scores trap).
+
+Table-wide policy (``CapabilityTable``):
+  full_offload   an accelerator that runs only quantized ops (QNN HTP): every op a row covers is quantized,
+                 neighbours or not, graph inputs and outputs included, and constant float inputs of
+                 non-compute ops (an Add's constant, LayerNorm's gamma) are quantized per tensor like
+                 activations. A float op there is an op the accelerator cannot run.
+  static_shapes  the runtime needs static input shapes: ``quantize`` fixes them from the calibration data.
+
+Row extras: ``data_inputs`` names which inputs are tensors (Clip bounds and Resize scales are parameters and
+stay float constants); ``fixed_output`` pins an output range the kernel requires ("unit" for Sigmoid and
+Softmax: scale 1/2^bits, zero point 0; "signed_unit" for Tanh: scale 2/2^bits, zero point 2^(bits-1)).
 """
 
 from __future__ import annotations
@@ -90,6 +101,35 @@ class PatternRow:
     bias_input: int | None = None
     check: Check | None = None
     note: str = ""
+    #: indices of inputs that are tensors to quantize (None: all); the rest are parameters
+    data_inputs: tuple[int, ...] | None = None
+    #: "unit" ([0, 1]) or "signed_unit" ([-1, 1]): the output range the kernel requires
+    fixed_output: str | None = None
+    #: a clamp (Relu, Clip with constant bounds): when its input has no other reader, the input is
+    #: quantized with the clamp's output range and scale, so the quantizer does the clamping and the
+    #: runtime drops the op (QNN folds Relu/Clip this way) instead of wasting levels on the cut-off part
+    clamp: bool = False
+
+    def __post_init__(self) -> None:
+        if self.fixed_output not in (None, *FIXED_RANGES):
+            raise ValueError(f"row '{self.name}': fixed_output must be one of {sorted(FIXED_RANGES)}")
+
+    def is_data_input(self, index: int) -> bool:
+        return self.data_inputs is None or index in self.data_inputs
+
+
+#: fixed output ranges (lo, hi) a kernel may require; the top is one step short of hi (see fixed_range)
+FIXED_RANGES = {"unit": (0.0, 1.0), "signed_unit": (-1.0, 1.0)}
+
+
+def fixed_range(kind: str, bits: int) -> tuple[float, float]:
+    """The calibration range that yields the exact fixed parameters for ``bits``-bit unsigned tensors.
+
+    [lo, hi - (hi - lo)/2^bits] gives scale (hi - lo)/2^bits and zero point -lo/scale: 1/256 and 0 for an
+    8-bit Sigmoid, 2/65536 and 32768 for a 16-bit Tanh, as QNN's kernels require.
+    """
+    lo, hi = FIXED_RANGES[kind]
+    return lo, hi - (hi - lo) / float(1 << bits)
 
 
 @dataclass(frozen=True)
@@ -101,11 +141,22 @@ class CapabilityTable:
     rows: tuple[PatternRow, ...]
     precisions: dict[str, Precision]
     default_precision: str
-    #: the precision a harmful layer moves to before it falls back to float (None: straight to float)
-    fallback_precision: str | None = None
+    #: precisions a harmful layer moves through, in order, before float (empty: straight to float)
+    fallback_precisions: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
+    full_offload: bool = False
+    static_shapes: bool = False
+    #: whether fall-back may leave layers in float as the last resort (an accelerator that runs only
+    #: quantized ops would drop them to the CPU or run them at a precision nobody verified)
+    float_fallback: bool = True
+    #: opset models for this target are raised to before the graph passes (QNN: 21, so GELU fuses into the
+    #: Gelu op the HTP runs, where the erf form would leave Erf to the CPU, and 16-bit Q/DQ is legal)
+    opset: int | None = None
 
     def __post_init__(self) -> None:
+        unknown_fallback = set(self.fallback_precisions) - set(self.precisions)
+        if unknown_fallback:
+            raise ValueError(f"{self.target}: fall-back precisions {sorted(unknown_fallback)} are not declared")
         if self.default_precision not in self.precisions:
             raise ValueError(f"{self.target}: default precision '{self.default_precision}' is not declared")
         for row in self.rows:
@@ -117,7 +168,12 @@ class CapabilityTable:
         return [row for row in self.rows if row.ops[0] == op_type]
 
     def describe(self) -> str:
-        lines = [f"{self.target}: {self.summary}", "precisions:"]
+        lines = [f"{self.target}: {self.summary}"]
+        if self.full_offload:
+            lines.append("policy: full offload (every covered op quantized, graph inputs/outputs included)")
+        if self.static_shapes:
+            lines.append("policy: static input shapes (fixed from the calibration data or --input-shape)")
+        lines.append("precisions:")
         for name, precision in self.precisions.items():
             mark = " (default)" if name == self.default_precision else ""
             lines.append(f"  {name}{mark}: {precision.describe()}")
@@ -125,8 +181,12 @@ class CapabilityTable:
         for row in self.rows:
             chain = "+".join(row.ops)
             lines.append(f"  {row.name:<22} {chain:<28} {row.kind.value:<12} {', '.join(row.precisions)}")
+            if row.fixed_output:
+                lines.append(f"  {'':<22} fixed output range: {row.fixed_output}")
             if row.note:
                 lines.append(f"  {'':<22} {row.note}")
+        chain = [*self.fallback_precisions] + (["float"] if self.float_fallback else [])
+        lines.append(f"fall-back order for harmful layers: {' -> '.join(chain) or 'none'}")
         lines.extend(f"note: {note}" for note in self.notes)
         return "\n".join(lines)
 

@@ -1,4 +1,4 @@
-"""Targets by name: ``backend[:variant]`` (``ort``, ``ort:arm64``, later ``qnn:sm8550``, ``coreml:ios18``).
+"""Targets by name: ``backend[:variant]`` (``ort``, ``ort:arm64``, ``qnn:sm8550``, ``coreml:ios18``).
 
 Backends are imported lazily, so a missing SDK only matters when its target is asked for.
 """
@@ -15,6 +15,7 @@ from onnxq.errors import UnknownNameError
 #: backend name -> "module:attribute" of its Backend class
 BACKENDS: dict[str, str] = {
     "ort": "onnxq.backends.onnxruntime:OnnxRuntimeBackend",
+    "qnn": "onnxq.backends.qnn:QnnBackend",
 }
 
 
@@ -29,6 +30,9 @@ class Target:
 
     def table(self) -> CapabilityTable:
         return self.backend.table(self.variant)
+
+    def session(self, model: bytes | str, *, quick: bool = False):
+        return self.backend.session(model, variant=self.variant, quick=quick)
 
 
 def get_backend(name: str) -> Backend:

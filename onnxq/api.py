@@ -63,14 +63,15 @@ def inspect_model(model: ir.Model) -> ModelSummary:
     return summarize(model)
 
 
-def quantize(model: ir.Model, calibration, *, target: str = "ort", recipe=None, **options):
+def quantize(model: ir.Model, calibration, *, target: str = "ort", recipe=None, progress=None, **options):
     """Quantize for ``target``; returns ``(model, QuantReport)``. See ``onnxq.quant.quantize``.
 
     ``calibration``: a .npz path, a folder of .npz, an iterable of ``{input: array}``, or an ONNX Runtime
-    ``CalibrationDataReader``. ``options`` override the recipe (precision, method, max_error, ...).
+    ``CalibrationDataReader``. ``options`` override the recipe (precision, method, max_error, ...);
+    ``progress`` is called with a line of text at each stage.
     """
     from onnxq.quant.quantize import quantize as _quantize
     from onnxq.quant.recipe import Recipe
 
     recipe = (recipe or Recipe()).with_options(**options)
-    return _quantize(model, calibration, target=target, recipe=recipe)
+    return _quantize(model, calibration, target=target, recipe=recipe, progress=progress)

@@ -116,9 +116,10 @@ def list_passes() -> None:
 
 
 def _register_quantization_commands() -> None:
-    from onnxq import cli_quant
+    from onnxq import cli_export, cli_quant
 
     cli_quant.register(app)
+    cli_export.register(app)
 
 
 _register_quantization_commands()

@@ -64,9 +64,9 @@ def quantize(
         model_io.save_model(quantized, output, protected=[loaded.path, *loaded.data_files])
     # Speed on the target, measured interleaved against the FP32 input, on one held-back sample.
     sample = next(iter(report_samples(calib, fp32, recipe)), None)
-    if sample is not None:
-        fp32_session = resolved.backend.session(str(loaded.path))
-        q_session = resolved.backend.session(str(output))
+    if sample is not None and not resolved.backend.simulated:
+        fp32_session = resolved.session(str(loaded.path))
+        q_session = resolved.session(str(output))
         t_fp32, t_q = resolved.backend.time_sessions([fp32_session, q_session], sample, rounds=20)
         report.speedup = t_fp32 / t_q if t_q > 0 else None
     if report_path:

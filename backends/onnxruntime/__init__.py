@@ -17,12 +17,12 @@ class OnnxRuntimeBackend(Backend):
     def _table_impl(self, variant: str) -> CapabilityTable:
         return build_table(variant)
 
-    def _session_impl(self, model: bytes | str, *, optimize: bool):
+    def _session_impl(self, model: bytes | str, variant: str, *, quick: bool):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.graph_optimization_level = (
-            ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            ort.GraphOptimizationLevel.ORT_DISABLE_ALL if quick else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         )
         return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])

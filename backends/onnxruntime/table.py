@@ -113,7 +113,6 @@ def build_table(variant: str) -> CapabilityTable:
         rows=_compute_rows() + _neighbour_rows(),
         precisions=precisions,
         default_precision="a8w8",
-        fallback_precision=None,
         notes=(
             "a16w8 has no int16 kernels on CPU: accurate, but runs as float between Q/DQ pairs",
             "graph outputs stay float; Sigmoid/Softmax heads are not quantized",

@@ -83,7 +83,7 @@ class QuantPlan:
         specs: dict[str, QuantSpec] = {}
         for annotation in self.annotations:
             precision = self.table.precisions[annotation.precision]
-            for value in _activation_inputs(annotation) + _quantized_outputs(annotation):
+            for value in _activation_inputs(annotation) + self.outputs_of(annotation):
                 current = specs.get(value.name)
                 if current is None or precision.activation.dtype.bits > current.dtype.bits:
                     specs[value.name] = precision.activation
@@ -94,10 +94,55 @@ class QuantPlan:
         links = []
         for annotation in self.annotations:
             if annotation.row.kind in (RowKind.PASSTHROUGH, RowKind.SHARED):
-                names = [v.name for v in _activation_inputs(annotation) + _quantized_outputs(annotation)]
+                names = [v.name for v in _activation_inputs(annotation) + self.outputs_of(annotation)]
                 if len(names) > 1:
                     links.append(tuple(names))
         return links
+
+    def outputs_of(self, annotation: Annotation) -> list[ir.Value]:
+        """Outputs the annotation quantizes: graph outputs too when the target runs only quantized ops."""
+        return _quantized_outputs(annotation, graph_outputs=self.table.full_offload)
+
+    def clamp_links(self) -> list[tuple[str, str]]:
+        """(input, output) of clamp annotations whose input is read by nothing else: one scale, the
+        output's range (see ``PatternRow.clamp``)."""
+        links = []
+        for annotation in self.annotations:
+            if not annotation.row.clamp or len(annotation.nodes) != 1:
+                continue
+            inputs = _activation_inputs(annotation)
+            outputs = self.outputs_of(annotation)
+            if len(inputs) == 1 and len(outputs) == 1 and len(list(inputs[0].uses())) == 1 \
+                    and not inputs[0].is_graph_output():
+                links.append((inputs[0].name, outputs[0].name))
+        return links
+
+    def fixed_outputs(self) -> dict[str, str]:
+        """Tensor name -> fixed range kind ("unit", "signed_unit") the target's kernel requires."""
+        return {
+            value.name: annotation.row.fixed_output
+            for annotation in self.annotations if annotation.row.fixed_output
+            for value in self.outputs_of(annotation)
+        }
+
+    def static_inputs(self) -> list[WeightUse]:
+        """Full offload: constant float data inputs that are not weights or biases (an Add's constant,
+        LayerNorm's gamma/beta, a Gather table) are quantized per tensor with the activation spec."""
+        if not self.table.full_offload:
+            return []
+        uses = []
+        for annotation in self.annotations:
+            row, anchor = annotation.row, annotation.nodes[0]
+            owned = set(_weight_indices(annotation)) | ({row.bias_input} if self._has_bias(annotation) else set())
+            spec = self.table.precisions[annotation.precision].activation
+            for index, value in enumerate(anchor.inputs):
+                if (index in owned or not row.is_data_input(index) or not _is_constant(value)
+                        or not _is_float(value)):
+                    continue
+                if row.kind is RowKind.PASSTHROUGH and index > 0:
+                    continue
+                uses.append(WeightUse(anchor, index, spec))
+        return uses
 
     def weights(self) -> list[WeightUse]:
         uses = []
@@ -118,17 +163,20 @@ class QuantPlan:
                 )))
         return uses
 
+    @staticmethod
+    def _has_bias(annotation: Annotation) -> bool:
+        row, anchor = annotation.row, annotation.nodes[0]
+        return (row.kind is RowKind.COMPUTE and row.bias_input is not None and len(anchor.inputs) > row.bias_input
+                and _is_constant(anchor.inputs[row.bias_input]) and bool(_weight_indices(annotation))
+                and len(_activation_inputs(annotation)) == 1)
+
     def biases(self) -> list[BiasUse]:
         uses = []
         for annotation in self.annotations:
-            row, anchor = annotation.row, annotation.nodes[0]
-            if row.kind is not RowKind.COMPUTE or row.bias_input is None:
-                continue
-            weights = _weight_indices(annotation)
-            acts = _activation_inputs(annotation)
-            if (len(anchor.inputs) > row.bias_input and _is_constant(anchor.inputs[row.bias_input])
-                    and weights and len(acts) == 1):
-                uses.append(BiasUse(anchor, row.bias_input, acts[0].name, weights[0]))
+            if self._has_bias(annotation):
+                row, anchor = annotation.row, annotation.nodes[0]
+                uses.append(BiasUse(anchor, row.bias_input, _activation_inputs(annotation)[0].name,
+                                    _weight_indices(annotation)[0]))
         return uses
 
 
@@ -150,12 +198,13 @@ def _activation_inputs(annotation: Annotation) -> list[ir.Value]:
     count = 1 if row.kind is RowKind.PASSTHROUGH else len(anchor.inputs)
     return [
         v for i, v in enumerate(anchor.inputs[:count])
-        if v is not None and i not in skip and not _is_constant(v) and _is_float(v)
+        if v is not None and i not in skip and row.is_data_input(i) and not _is_constant(v) and _is_float(v)
     ]
 
 
-def _quantized_outputs(annotation: Annotation) -> list[ir.Value]:
-    return [v for v in annotation.nodes[-1].outputs if v is not None and not v.is_graph_output() and _is_float(v)]
+def _quantized_outputs(annotation: Annotation, *, graph_outputs: bool = False) -> list[ir.Value]:
+    return [v for v in annotation.nodes[-1].outputs
+            if v is not None and (graph_outputs or not v.is_graph_output()) and _is_float(v)]
 
 
 def _is_float(value: ir.Value) -> bool:
@@ -228,8 +277,8 @@ def annotate(
         for node in nodes:
             if id(node) in claimed:
                 continue
-            if node.metadata_props.get(PATTERN_KEY):
-                continue  # part of a recognised unit (SiLU, HardSwish): runtimes fuse it in float
+            if node.metadata_props.get(PATTERN_KEY) and not table.full_offload:
+                continue  # part of a recognised unit (SiLU, HardSwish): CPU runtimes fuse it in float
             refusal = None
             for row in table.rows_for(node.op_type):
                 if row.kind not in kinds:
@@ -237,7 +286,7 @@ def annotate(
                 match = _match_chain(node, row, variant)
                 if match is None:
                     continue
-                if row.kind is not RowKind.COMPUTE and not any(
+                if row.kind is not RowKind.COMPUTE and not table.full_offload and not any(
                     v is not None and v.name in quantized for v in node.inputs
                 ):
                     refusal = refusal or "no quantized neighbour (Q/DQ here would only add conversions)"
@@ -256,7 +305,7 @@ def annotate(
                     continue
                 plan.annotations.append(annotation)
                 claimed.update(id(n) for n in match.nodes)
-                quantized.update(v.name for v in _quantized_outputs(annotation))
+                quantized.update(v.name for v in plan.outputs_of(annotation))
                 quantized.update(v.name for v in _activation_inputs(annotation))
                 refusal = None
                 break

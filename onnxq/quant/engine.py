@@ -2,6 +2,8 @@
 
 Given the FP32 model, a plan (from the target's table) and calibrated statistics:
   1. tensors linked by PASSTHROUGH/SHARED rows are grouped (union-find) and share the union of their ranges;
+     the input of a clamp row (Relu/Clip) read by nothing else joins the clamp output's group without
+     widening it, so its quantizer clamps;
   2. a SHARED group (Concat) whose members' ranges differ by more than ``SHARED_RANGE_RATIO`` is dissolved:
      one scale for box coordinates (0..640) and scores (0..1) would flatten the scores to a few levels;
   3. scales/zero points per group, weights quantized per channel, biases derived, Q/DQ inserted.
@@ -15,7 +17,7 @@ from collections.abc import Mapping
 import numpy as np
 import onnx_ir as ir
 
-from onnxq.backends.capability import RowKind
+from onnxq.backends.capability import RowKind, fixed_range
 from onnxq.quant import qparams
 from onnxq.quant.annotate import Decision, QuantPlan
 from onnxq.quant.insert_qdq import TensorQParams, insert_qdq
@@ -80,6 +82,11 @@ def activation_qparams(
         members = [n for n in link if n in specs]
         for other in members[1:]:
             groups.union(members[0], other)
+    clamped = set()  # inputs of clamps: their group's range is the clamp output's, not theirs
+    for source, clamp_output in plan.clamp_links():
+        if source in specs and clamp_output in specs:
+            groups.union(source, clamp_output)
+            clamped.add(source)
     ranges: dict[str, tuple[float, float]] = {}
     # Members of a group share the widest spec (a 16-bit member makes the whole group 16-bit).
     group_specs: dict[str, QuantSpec] = {}
@@ -87,12 +94,19 @@ def activation_qparams(
         root = groups.find(name)
         if root not in group_specs or spec.dtype.bits > group_specs[root].dtype.bits:
             group_specs[root] = spec
+        if name in clamped:
+            continue
         if name not in stats:
             logger.warning("no calibration statistics for '%s'; it stays float", name)
             continue
         lo, hi = tensor_range(stats, name, spec, method, percentile)
         old = ranges.get(root)
         ranges[root] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
+    # A kernel-imposed range (Sigmoid's [0, 1] on QNN) wins over calibration for its whole group.
+    for name, kind in plan.fixed_outputs().items():
+        if name in specs:
+            root = groups.find(name)
+            ranges[root] = fixed_range(kind, group_specs[root].dtype.bits)
     result = {}
     for name in specs:
         root = groups.find(name)

@@ -1,12 +1,13 @@
 """Verify-and-fall-back: find few layers to return to higher precision so the budget holds.
 
 1. Build the fully quantized model; verify it on the held-back samples on the target runtime.
-2. If it misses the budget, measure each compute layer's *sensitivity*: the output error of the model with
+2. If it misses the budget, measure each compute layer's (every layer's, on full-offload targets) *sensitivity*: the output error of the model with
    only that layer quantized (a few held-back samples; cheap, since calibration never reruns).
 3. Move layers to higher precision in order of sensitivity, most harmful first: k = 1, 2, 4, ... until the
-   budget holds, then bisect back to the fewest layers that still meet it. Each move goes to the target's
-   fall-back precision (e.g. A16 on QNN) where the table has one, else to float; if all moves at that
-   precision are not enough, a second stage moves the same order to float.
+   budget holds, then bisect back to the fewest layers that still meet it. Moves go through the target's
+   fall-back stages in order (QNN: A16W8, then A16W16, then nothing — float would leave the HTP; ORT:
+   straight to float): a stage runs only when the previous one could not meet the budget with every
+   layer moved.
 
 Sensitivity ranking beats greedy "SQNR drop" heuristics when error is spread evenly over many layers
 (depthwise-separable nets): it measures what each layer does to the outputs, not to its own tensor.
@@ -44,17 +45,31 @@ class SearchResult:
     sensitivity: dict[str, float] = field(default_factory=dict)
 
 
-def next_precision(annotation: Annotation, plan: QuantPlan, *, allow_intermediate: bool) -> str:
-    fallback = plan.table.fallback_precision
-    if allow_intermediate and fallback and fallback in annotation.row.precisions and annotation.precision != fallback:
-        if plan.table.precisions[fallback].level > plan.table.precisions[annotation.precision].level:
-            return fallback
-    return FLOAT
+def stages(plan: QuantPlan) -> list[str]:
+    """The fall-back stages: the table's fall-back precisions in order, then float where allowed."""
+    return [*plan.table.fallback_precisions] + ([FLOAT] if plan.table.float_fallback else [])
+
+
+def destination(annotation: Annotation, plan: QuantPlan, stage: str) -> str:
+    """Where ``annotation`` goes in ``stage``: the highest precision of the chain up to the stage that its
+    row supports and that is above its current one; unchanged if there is none (float only in the float
+    stage)."""
+    if stage == FLOAT:
+        return FLOAT
+    precisions = plan.table.precisions
+    chain = plan.table.fallback_precisions[: plan.table.fallback_precisions.index(stage) + 1]
+    usable = [p for p in chain if p in annotation.row.precisions
+              and precisions[p].level > precisions[annotation.precision].level]
+    return usable[-1] if usable else annotation.precision
 
 
 def search(evaluate: Evaluate, base_forced: dict[str, str], budget: float, *, enabled: bool = True,
-           say: Callable[[str], None] = lambda m: None) -> SearchResult:
-    """Run the search described in the module docstring; ``evaluate(forced, quick)`` builds and measures."""
+           every_layer: bool = False, say: Callable[[str], None] = lambda m: None) -> SearchResult:
+    """Run the search described in the module docstring; ``evaluate(forced, quick)`` builds and measures.
+
+    ``every_layer``: rank every annotated op, not only compute layers (full-offload targets, where an
+    8-bit ReLU6 or residual Add between 16-bit convolutions can hold most of the error).
+    """
     rounds: list[Round] = []
 
     def measure(forced: dict[str, str], moved: list[str]) -> tuple[QuantPlan, float]:
@@ -67,7 +82,8 @@ def search(evaluate: Evaluate, base_forced: dict[str, str], budget: float, *, en
     if error <= budget or not enabled:
         return SearchResult(dict(base_forced), plan, error, rounds)
 
-    compute = [a for a in plan.annotations if a.row.kind is RowKind.COMPUTE]
+    compute = [a for a in plan.annotations
+               if (every_layer or a.row.kind is RowKind.COMPUTE) and a.name not in base_forced]
     say(f"measuring the sensitivity of {len(compute)} layers")
     sensitivity = {}
     for annotation in compute:
@@ -77,22 +93,26 @@ def search(evaluate: Evaluate, base_forced: dict[str, str], budget: float, *, en
     ranked = sorted(compute, key=lambda a: (-sensitivity[a.name], a.name))
 
     best = SearchResult(dict(base_forced), plan, error, rounds, sensitivity)
-    for allow_intermediate in (True, False):
-        destinations = {a.name: next_precision(a, plan, allow_intermediate=allow_intermediate) for a in ranked}
-        if not allow_intermediate and all(d == FLOAT for d in
-                                          (next_precision(a, plan, allow_intermediate=True) for a in ranked)):
-            break  # the first stage already moved everything to float
+    previous: dict[str, str] | None = None
+    for stage in stages(plan):
+        destinations = {a.name: destination(a, plan, stage) for a in ranked}
+        if destinations == previous or all(destinations[a.name] == a.precision for a in ranked):
+            continue  # this stage would build the same candidates as the last one
+        previous = destinations
 
         def forced_for(k: int) -> dict[str, str]:
             forced = dict(base_forced)
-            forced.update({a.name: destinations[a.name] for a in ranked[:k]})
+            forced.update({a.name: destinations[a.name] for a in ranked[:k]
+                           if destinations[a.name] != a.precision})
             return forced
+
+        def moved(k: int) -> list[str]:
+            return [f"{a.name} -> {destinations[a.name]}" for a in ranked[:k] if destinations[a.name] != a.precision]
 
         low, high, k = 0, None, 1
         while True:
             k = min(k, len(ranked))
-            candidate_plan, candidate_error = measure(
-                forced_for(k), [f"{a.name} -> {destinations[a.name]}" for a in ranked[:k]])
+            candidate_plan, candidate_error = measure(forced_for(k), moved(k))
             if candidate_error <= budget:
                 high = k
                 best = SearchResult(forced_for(k), candidate_plan, candidate_error, rounds, sensitivity)
@@ -107,8 +127,7 @@ def search(evaluate: Evaluate, base_forced: dict[str, str], budget: float, *, en
             continue
         while high - low > 1:
             mid = (low + high) // 2
-            candidate_plan, candidate_error = measure(
-                forced_for(mid), [f"{a.name} -> {destinations[a.name]}" for a in ranked[:mid]])
+            candidate_plan, candidate_error = measure(forced_for(mid), moved(mid))
             if candidate_error <= budget:
                 high = mid
                 best = SearchResult(forced_for(mid), candidate_plan, candidate_error, rounds, sensitivity)

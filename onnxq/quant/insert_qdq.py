@@ -1,7 +1,8 @@
 """Q/DQ insertion: turn a ``QuantPlan`` plus calibrated parameters into a standard QDQ ONNX model.
 
-* Activation T: ``T → QuantizeLinear → DequantizeLinear → T_dq``; every node that read T reads T_dq (graph
-  outputs keep reading the float T). One pair per tensor, shared by all consumers, as runtimes expect.
+* Activation T: ``T → QuantizeLinear → DequantizeLinear → T_dq``; every node that read T reads T_dq. One
+  pair per tensor, shared by all consumers, as runtimes expect. A graph output in the plan (full-offload
+  targets) becomes the DQ output under T's name, and the float producer's tensor is renamed ``T_float``.
 * Weight W (per-channel on the op's output-channel axis): stored quantized, ``DequantizeLinear(W_q, s, z,
   axis)`` feeds the op.
 * Bias b of Conv/Gemm: int32 with ``s_b = s_act · s_w`` and zero point 0, so runtimes fuse it exactly.
@@ -72,7 +73,7 @@ def required_opset(plan: QuantPlan) -> int:
     needed = 10
     for spec in plan.activation_specs().values():
         needed = max(needed, spec.min_opset)
-    for use in plan.weights():
+    for use in plan.weights() + plan.static_inputs():
         needed = max(needed, use.spec.min_opset)
     if plan.biases():
         needed = max(needed, 13)
@@ -85,7 +86,7 @@ def insert_qdq(model: ir.Model, plan: QuantPlan, activations: dict[str, TensorQP
     Returns the number of Q/DQ nodes added. The plan's node references must belong to ``model``.
     """
     # Read the plan before touching the graph: weights stop looking constant once DQ feeds them.
-    weight_uses, bias_uses = plan.weights(), plan.biases()
+    weight_uses, bias_uses = plan.weights() + plan.static_inputs(), plan.biases()
     needed = required_opset(plan)
     if runtime_compat.default_opset(model) < needed:
         # Raising the opset rebuilds the graph, which would orphan the plan's node references.
@@ -104,7 +105,8 @@ def insert_qdq(model: ir.Model, plan: QuantPlan, activations: dict[str, TensorQP
             continue
         params = activations[name]
         uses = [(use.node, use.idx) for use in value.uses()]
-        if not uses:
+        output_slots = [i for i, out in enumerate(model.graph.outputs) if out is value]
+        if not uses and not output_slots:
             continue
         scale = _const(model, names, f"{name}_scale", np.asarray(params.scale, np.float32).reshape(()))
         zero = _const(model, names, f"{name}_zero_point", np.asarray(params.zero_point).reshape(()))
@@ -120,6 +122,16 @@ def insert_qdq(model: ir.Model, plan: QuantPlan, activations: dict[str, TensorQP
             model.graph.insert_after(producer, [q, dq])
         for node, index in uses:
             node.replace_input_with(index, dq.outputs[0])
+        if output_slots:
+            # The graph output becomes the dequantized tensor and keeps the output's name, so callers
+            # feeding and reading by name see the same interface.
+            float_name = names(f"{name}_float")
+            dq_name = dq.outputs[0].name
+            value.name = float_name
+            dq.outputs[0].name = name
+            names.taken.discard(dq_name)
+            for slot in output_slots:
+                model.graph.outputs[slot] = dq.outputs[0]
         added += 2
 
     min_scales = _bias_safe_weight_scales(bias_uses, activations)

@@ -23,9 +23,12 @@ MIN_SCALE = 1e-9
 
 
 def qparams_from_range(
-    rmin: np.ndarray | float, rmax: np.ndarray | float, spec: QuantSpec, *, name: str = ""
+    rmin: np.ndarray | float, rmax: np.ndarray | float, spec: QuantSpec, *, name: str = "", warn: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(scale float32, zero point of the spec's dtype), elementwise over per-channel arrays."""
+    """(scale float32, zero point of the spec's dtype), elementwise over per-channel arrays.
+
+    ``warn=False`` logs degenerate ranges at debug level (all-zero weight channels are normal after
+    pruning or BN folding; an all-zero activation is worth a warning)."""
     rmin = np.minimum(np.asarray(rmin, dtype=np.float64), 0.0)
     rmax = np.maximum(np.asarray(rmax, dtype=np.float64), 0.0)
     if not (np.all(np.isfinite(rmin)) and np.all(np.isfinite(rmax))):
@@ -42,7 +45,7 @@ def qparams_from_range(
         zero = np.clip(zero, qmin, qmax)
     degenerate = scale < MIN_SCALE
     if np.any(degenerate):
-        logger.warning(
+        (logger.warning if warn else logger.debug)(
             "tensor '%s': zero range (constant tensor?) for %d of %d channels; using scale 1",
             name, int(np.count_nonzero(degenerate)), degenerate.size,
         )
@@ -88,7 +91,7 @@ def quantize_weight(
     axis = spec.axis % w.ndim
     if spec.granularity is Granularity.PER_CHANNEL:
         reduce = tuple(i for i in range(w.ndim) if i != axis)
-        scale, zero = qparams_from_range(w.min(axis=reduce), w.max(axis=reduce), spec, name=name)
+        scale, zero = qparams_from_range(w.min(axis=reduce), w.max(axis=reduce), spec, name=name, warn=False)
         if min_scale is not None:
             scale = np.maximum(scale, np.asarray(min_scale, np.float32)).astype(np.float32)
         return quantize(w, scale, zero, spec, axis=axis), scale, zero
@@ -97,7 +100,7 @@ def quantize_weight(
         raise ValueError(f"weight '{name}': axis {axis} of size {w.shape[axis]} is not a multiple of block {block}")
     moved = np.moveaxis(w, axis, -1)
     blocks = moved.reshape(*moved.shape[:-1], moved.shape[-1] // block, block)
-    scale, zero = qparams_from_range(blocks.min(axis=-1), blocks.max(axis=-1), spec, name=name)
+    scale, zero = qparams_from_range(blocks.min(axis=-1), blocks.max(axis=-1), spec, name=name, warn=False)
     q = quantize(blocks, scale[..., None], zero[..., None], spec)
     q = np.moveaxis(q.reshape(moved.shape), -1, axis)
     return q, np.moveaxis(scale, -1, axis), np.moveaxis(zero, -1, axis)

@@ -54,6 +54,8 @@ class QuantReport:
     rounds: list[fallback.Round] = field(default_factory=list)
     qdq_nodes: int = 0
     speedup: float | None = None
+    #: accelerators: nodes the target runs, and those it refused with the runtime's reason
+    placement: dict | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True, default=float)
@@ -64,6 +66,7 @@ class QuantReport:
             "target": self.target, "precision": self.precision, "method": self.method,
             "error": round(self.error, 6), "max_error": self.max_error, "budget_met": self.budget_met,
             "kept_float": self.kept_float, "higher_precision": self.higher_precision, "rounds": len(self.rounds),
+            **({"placement": self.placement} if self.placement is not None else {}),
         }
 
 
@@ -71,6 +74,57 @@ def prepare(model: ir.Model) -> ir.Model:
     """Portable graph passes, then unique names (exclusions and reports refer to node names)."""
     model, _ = pipeline.run_passes(model, pipeline.parse_pipeline("default"))
     NameFixPass()(model)
+    return model
+
+
+def check_placement(model: ir.Model, target: Target) -> dict | None:
+    """Ask the target runtime where the model's nodes run; warn, with the fix, when some cannot."""
+    total = sum(1 for _ in model.graph)
+    placement = target.backend.placement(numerics.model_bytes(model), variant=target.variant, total_nodes=total)
+    if placement is None:
+        return None
+    refused = {name: f"{op}: {reason}" for name, (op, reason) in sorted(placement.refused.items())}
+    record = {"total_nodes": total, "on_target": total - len(refused) if placement.error is None else 0,
+              "full_offload": placement.full_offload, "refused": refused}
+    if placement.error:
+        record["error"] = placement.error
+    if not placement.full_offload:
+        logger.warning("%s", offload_advice(record, target.name))
+    return record
+
+
+def offload_advice(record: dict, target_name: str) -> str:
+    """One paragraph: which nodes the target refused, why, and what to do."""
+    if record.get("error") and not record["refused"]:
+        return f"{target_name} could not compile the model: {record['error']}"
+    ops = sorted({why.split(":", 1)[0] for why in record["refused"].values()})
+    first = next(iter(record["refused"].items()))
+    return (f"{target_name} runs {record['on_target']} of {record['total_nodes']} nodes; "
+            f"{len(record['refused'])} would fall back to the CPU (op types: {', '.join(ops)}; e.g. "
+            f"'{first[0]}': {first[1]}). Fix: replace or remove these ops before quantizing, give static "
+            f"shapes (--input-shape) if the reason is a shape, or accept CPU fallback at export "
+            f"(--allow-cpu-fallback)")
+
+
+def static_input_shapes(model: ir.Model, calibration, target_name: str) -> ir.Model:
+    """Fix dynamic input dims from the first calibration sample (the target compiles static graphs)."""
+    dynamic = [v for v in model.graph.inputs if v.name not in model.graph.initializers and (
+        v.shape is None or any(not isinstance(d, int) for d in v.shape))]
+    if not dynamic:
+        return model
+    data = CalibrationData.from_source(calibration, model, limit=1, holdout=0)
+    if not data.reiterable:
+        from onnxq.errors import CalibrationDataError
+
+        raise CalibrationDataError(
+            f"{target_name} needs static input shapes and a one-shot calibration stream cannot lend its first "
+            f"sample for them: give the shapes (--input-shape NAME=1x3x224x224) or a re-iterable source")
+    first = next(iter(data))
+    shapes = {v.name: tuple(first[v.name].shape) for v in dynamic}
+    logger.info("static input shapes for %s from the first calibration sample: %s", target_name, shapes)
+    from onnxq.pass_api import get_pass
+
+    model, _ = pipeline.run_passes(model, [get_pass("fix-input-shapes")(shapes=shapes)])
     return model
 
 
@@ -91,9 +145,9 @@ def _key(forced: dict[str, str]) -> tuple:
 def _opset_for(model: ir.Model, table, precision: str) -> int:
     """Opset every plan the fall-back loop may build needs (a 16-bit fall-back precision needs 21)."""
     needed = required_opset(annotate(model, table, precision=precision))
-    if table.fallback_precision:
-        fallback = table.precisions[table.fallback_precision]
-        needed = max(needed, fallback.activation.min_opset)
+    for name in table.fallback_precisions:
+        needed = max(needed, table.precisions[name].activation.min_opset, 21 if
+                     table.precisions[name].weight_dtype in ("int16", "uint16", "int4", "uint4") else 0)
     return needed
 
 
@@ -116,6 +170,10 @@ def quantize(
         raise UnknownNameError(f"precision for {target.name}", precision, table.precisions)
     say = progress or (lambda message: None)
 
+    if table.static_shapes:
+        model = static_input_shapes(model, calibration, target.name)
+    if table.opset and runtime_compat.default_opset(model) < table.opset:
+        runtime_compat.upgrade_opset(model, table.opset)
     say("preparing graph")
     model = prepare(model)
     runtime_compat.upgrade_opset(model, _opset_for(model, table, precision))
@@ -132,8 +190,10 @@ def quantize(
     holdout = data.holdout_samples
     report = QuantReport(target.name, precision, recipe.method, data.num_samples or 0, len(holdout), recipe.max_error)
     backend = target.backend
-    reference = _run_many(backend.session(fp32), backend, holdout) if holdout else []
-    base_forced = {name: FLOAT for name in dissolved}
+    reference = _run_many(backend.reference_session(fp32), backend, holdout) if holdout else []
+    # A Concat whose inputs' ranges differ too much cannot share an 8-bit scale: 16 bits where the target
+    # has them (float would break full offload on an accelerator), else float.
+    base_forced = {name: (table.fallback_precisions or (FLOAT,))[0] for name in dissolved}
     errors_seen: dict[tuple, dict[str, float]] = {}
 
     def build(forced: dict[str, str]) -> tuple[ir.Model, QuantPlan, int]:
@@ -143,28 +203,36 @@ def quantize(
         count = build_qdq_model(candidate, plan, stats, method=recipe.method, percentile=recipe.percentile)
         return candidate, plan, count
 
+    def measure(candidate: ir.Model, samples, quick: bool) -> dict[str, float]:
+        session = target.session(numerics.model_bytes(candidate), quick=quick)
+        return metrics.output_errors(reference[: len(samples)], _run_many(session, backend, samples))
+
     def evaluate(forced: dict[str, str], quick: bool) -> tuple[QuantPlan, float]:
         candidate, plan, _ = build(forced)
         samples = holdout[:SENSITIVITY_SAMPLES] if quick else holdout
-        # Sensitivity probes skip the runtime's graph optimizations (same maths, much faster session start);
-        # every verification round runs the target's real fused kernels.
-        session = backend.session(numerics.model_bytes(candidate), optimize=not quick)
-        actual = _run_many(session, backend, samples)
-        errors = metrics.output_errors(reference[: len(samples)], actual)
+        # Sensitivity probes use the quick session (no graph optimizations; the CPU EP in place of a
+        # simulated accelerator); verification rounds run the target's real kernels, except on a simulator,
+        # where they use the quick session too and the final model is verified on the real one below.
+        errors = measure(candidate, samples, quick or backend.simulated)
         if not quick:
             errors_seen[_key(forced)] = errors
         return plan, max(errors.values(), default=0.0)
 
     if holdout:
-        result = fallback.search(evaluate, base_forced, recipe.max_error, enabled=recipe.fallback, say=say)
+        result = fallback.search(evaluate, base_forced, recipe.max_error, enabled=recipe.fallback,
+                                 every_layer=table.full_offload, say=say)
         forced, report.error, report.rounds = result.forced, result.error, result.rounds
         report.output_errors = errors_seen.get(_key(forced), {})
-        if result.error > recipe.max_error:
-            logger.warning("accuracy budget %g not met: worst output error %.4g", recipe.max_error, result.error)
     else:
         logger.warning("no held-back samples: the result is not verified (use --holdout N)")
         forced = base_forced
     candidate, plan, report.qdq_nodes = build(forced)
+    if holdout and backend.simulated:
+        say(f"verifying on {target.name} ({len(holdout)} samples)")
+        report.output_errors = measure(candidate, holdout, False)
+        report.error = max(report.output_errors.values(), default=0.0)
+    if holdout and report.error > recipe.max_error:
+        logger.warning("accuracy budget %g not met: worst output error %.4g", recipe.max_error, report.error)
     report.budget_met = bool(holdout) and report.error <= recipe.max_error
     report.layers = {a.name: a.precision for a in plan.annotations}
     moved = {name: f"moved to {dest} by fall-back (sensitivity {result.sensitivity.get(name, 0):.3g})"
@@ -175,5 +243,6 @@ def quantize(
         **{name: why for name, why in moved.items() if forced[name] == FLOAT},
     }
     report.higher_precision = {name: forced[name] for name in moved if forced[name] != FLOAT}
+    report.placement = check_placement(candidate, target)
     candidate.metadata_props[QUANT_METADATA_KEY] = json.dumps(report.summary(), sort_keys=True)
     return candidate, report

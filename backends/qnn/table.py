@@ -1,0 +1,184 @@
+"""QNN HTP capability tables, built from the probe's data (``capabilities.json``) for one HTP arch.
+
+The rows say *how* each op is quantized for the HTP (ORT's QNN EP conventions: uint8/uint16 activations
+per tensor, symmetric int8 weights per output channel, MatMul weights per tensor, int32 bias = s_act·s_w,
+fixed output ranges where the kernel requires them). *Which* rows and precisions an arch gets is data:
+``tools/qnn_probe.py`` compiles one-op models per arch on the simulator and records what ran fully on the
+HTP; a row or precision the probe did not see run is not in the table. The table is full-offload: the HTP
+runs only quantized ops, so every covered op is quantized, graph inputs and outputs included.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from onnxq.backends.capability import (
+    CapabilityTable,
+    Match,
+    PatternRow,
+    Precision,
+    RowKind,
+    conv_weight_axis,
+    gemm_weight_axis,
+    matmul_weight_axis,
+)
+from onnxq.backends.qnn.socs import Soc
+from onnxq.quant.spec import activation_spec
+
+CAPABILITIES = Path(__file__).with_name("capabilities.json")
+
+PRECISIONS = {
+    "a8w8": Precision("a8w8", activation_spec("uint8"), "int8", level=0),
+    "a16w8": Precision("a16w8", activation_spec("uint16"), "int8", level=1),
+    "a16w16": Precision("a16w16", activation_spec("uint16"), "int16", level=2),
+}
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """A row template and the probe case(s) that decide whether (and at which precisions) an arch gets it."""
+
+    row: PatternRow
+    cases: tuple[str, ...]
+    #: probe case whose acceptance switches the row's weights to per-channel (else per-tensor)
+    per_channel_case: str | None = None
+    #: probe case that runs with a calibrated output range; if it is refused, the fixed range is required
+    calibrated_case: str | None = None
+
+
+def _conv_ok(match: Match) -> str | None:
+    weight = match.anchor.inputs[1]
+    if weight is None or weight.const_value is None:
+        return f"{match.anchor.op_type} with a non-constant weight: the HTP needs static quantized weights"
+    if len(weight.const_value.shape) not in (3, 4):
+        return f"{match.anchor.op_type} {len(weight.const_value.shape) - 2}-D: only 1-D/2-D were probed"
+    return None
+
+
+def _matmul_ok(match: Match) -> str | None:
+    b = match.anchor.inputs[1]
+    if b.const_value is not None and len(b.const_value.shape) != 2:
+        return "MatMul with a batched constant weight was not probed"
+    return None
+
+
+def _row_specs() -> tuple[RowSpec, ...]:
+    compute = dict(kind=RowKind.COMPUTE, precisions=tuple(PRECISIONS), weight_inputs=(1,))
+    elementwise = dict(kind=RowKind.ELEMENTWISE, precisions=tuple(PRECISIONS))
+    passthrough = dict(kind=RowKind.PASSTHROUGH, precisions=tuple(PRECISIONS))
+    specs = [
+        RowSpec(PatternRow("conv", ("Conv",), weight_axis=conv_weight_axis, bias_input=2, check=_conv_ok,
+                           **compute), ("conv", "conv_depthwise", "conv1d")),
+        RowSpec(PatternRow("convtranspose", ("ConvTranspose",), weight_axis=conv_weight_axis, bias_input=2,
+                           check=_conv_ok, **compute), ("convtranspose",)),
+        RowSpec(PatternRow("gemm", ("Gemm",), weight_axis=gemm_weight_axis, bias_input=2, **compute),
+                ("gemm_per_tensor",), per_channel_case="gemm"),
+        RowSpec(PatternRow("matmul", ("MatMul",), weight_axis=matmul_weight_axis, check=_matmul_ok,
+                           note="constant B per tensor unless the probe saw per-channel run; A·B of two "
+                                "activations both per tensor", **compute),
+                ("matmul_const_per_tensor", "matmul_act"), per_channel_case="matmul_const"),
+        RowSpec(PatternRow("concat", ("Concat",), RowKind.SHARED, tuple(PRECISIONS),
+                           note="one scale for inputs and output; dissolved when ranges differ > 10x"),
+                ("concat",)),
+        RowSpec(PatternRow("sigmoid", ("Sigmoid",), fixed_output="unit", **elementwise),
+                ("sigmoid_fixed",), calibrated_case="sigmoid_calibrated"),
+        RowSpec(PatternRow("tanh", ("Tanh",), fixed_output="signed_unit", **elementwise),
+                ("tanh_fixed",), calibrated_case="tanh_calibrated"),
+        RowSpec(PatternRow("softmax", ("Softmax",), fixed_output="unit", **elementwise),
+                ("softmax_fixed",), calibrated_case="softmax_calibrated"),
+        RowSpec(PatternRow("clip", ("Clip",), data_inputs=(0,), clamp=True, **elementwise), ("clip",)),
+        RowSpec(PatternRow("relu", ("Relu",), clamp=True, **elementwise), ("relu",)),
+        RowSpec(PatternRow("pad", ("Pad",), data_inputs=(0,), **elementwise), ("pad",)),
+        RowSpec(PatternRow("resize", ("Resize",), data_inputs=(0,), **elementwise),
+                ("resize_nearest", "resize_linear")),
+        RowSpec(PatternRow("where", ("Where",), data_inputs=(1, 2), **elementwise), ("where",)),
+        RowSpec(PatternRow("gather", ("Gather",), data_inputs=(0,), **elementwise), ("gather",)),
+        RowSpec(PatternRow("pow", ("Pow",), data_inputs=(0, 1), **elementwise), ("pow",)),
+        RowSpec(PatternRow("layernormalization", ("LayerNormalization",), **elementwise),
+                ("layernormalization_bias_act",)),
+        RowSpec(PatternRow("add", ("Add",), **elementwise), ("add", "add_const")),
+    ]
+    for op in ("Sub", "Mul", "Div", "LeakyRelu", "PRelu", "HardSwish", "HardSigmoid", "Gelu", "Erf",
+               "Exp", "Sqrt", "Neg", "ReduceMean", "ReduceMax", "AveragePool", "GlobalAveragePool"):
+        specs.append(RowSpec(PatternRow(op.lower(), (op,), **elementwise), (op.lower(),)))
+    for op in ("MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Split"):
+        specs.append(RowSpec(PatternRow(op.lower(), (op,), **passthrough), (op.lower(),)))
+    return tuple(specs)
+
+
+@functools.cache
+def load_capabilities(path: Path = CAPABILITIES) -> dict:
+    return json.loads(path.read_text())
+
+
+#: a probe result counts only if the HTP's output is within this many 8-bit steps of the CPU EP's (16-bit
+#: results are scaled: 256 16-bit steps are one 8-bit step)
+MAX_ERROR_8BIT_STEPS = 4.0
+
+
+def _accepted(arch_data: dict, case: str) -> set[str]:
+    results = arch_data["cases"].get(case, {}).get("results", {})
+    accepted = set()
+    for name, result in results.items():
+        if not result.get("ok"):
+            continue
+        bits = 16 if name.startswith("a16") else 8
+        error = result.get("err_lsb")
+        if error is None or error / float(1 << (bits - 8)) <= MAX_ERROR_8BIT_STEPS:
+            accepted.add(name)
+    return accepted
+
+
+def build_table(soc: Soc, capabilities: dict | None = None) -> CapabilityTable:
+    data = (capabilities or load_capabilities())["archs"][soc.arch]
+    rows = []
+    skipped = []
+    for spec in _row_specs():
+        accepted = set(PRECISIONS)
+        for case in spec.cases:
+            accepted &= _accepted(data, case)
+        precisions = tuple(p for p in spec.row.precisions if p in accepted)
+        if not precisions:
+            skipped.append(spec.row.name)
+            continue
+        changes: dict = {"precisions": precisions}
+        if spec.per_channel_case is not None and not set(precisions) <= _accepted(data, spec.per_channel_case):
+            changes["weight_axis"] = None  # per-tensor weights
+        if spec.calibrated_case is not None and set(precisions) <= _accepted(data, spec.calibrated_case):
+            changes["fixed_output"] = None  # the kernel takes any range: calibrate it
+        rows.append(_replace(spec.row, **changes))
+    # A precision exists on an arch when some compute row has it (weightless rows accept every activation
+    # width, so they would list a16w16 even where no convolution runs it).
+    used = {p for row in rows if row.kind is RowKind.COMPUTE for p in row.precisions} | {"a8w8"}
+    rows = [_replace(row, precisions=tuple(p for p in row.precisions if p in used)) for row in rows]
+    precisions = {name: p for name, p in PRECISIONS.items() if name in used}
+    notes = [f"rows and precisions from tools/qnn_probe.py on the HTP simulator "
+             f"(onnxruntime-qnn {capabilities_version(capabilities)})"]
+    if skipped:
+        notes.append(f"not run fully on HTP {soc.arch} in the probe: {', '.join(sorted(skipped))}")
+    return CapabilityTable(
+        target=f"qnn:{soc.name}",
+        summary=f"Qualcomm QNN HTP {soc.arch} ({soc.marketing}, soc_model {soc.soc_model}); full offload",
+        rows=tuple(rows),
+        precisions=precisions,
+        default_precision="a8w8",
+        fallback_precisions=tuple(p for p in ("a16w8", "a16w16") if p in precisions),
+        float_fallback=False,
+        opset=21,
+        notes=tuple(notes),
+        full_offload=True,
+        static_shapes=True,
+    )
+
+
+def capabilities_version(capabilities: dict | None = None) -> str:
+    return (capabilities or load_capabilities()).get("versions", {}).get("onnxruntime_qnn", "?")
+
+
+def _replace(row: PatternRow, **changes) -> PatternRow:
+    from dataclasses import replace
+
+    return replace(row, **changes)
