@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from onnxq import model_io, numerics
+from onnxq.errors import OutputPathError
 from onnxq.backends.registry import all_targets, resolve_target
 from onnxq.cli_common import FLAGS, info, parse_input_shapes, progress_bar, stderr, stdout
 from onnxq.compare import compare_models
@@ -42,7 +43,12 @@ def quantize(
     """Quantize for a target: calibrate, insert Q/DQ, verify on the target runtime, fall back until the budget holds."""
     from onnxq.quant.quantize import quantize as run_quantize
 
-    model_io.check_output_path(output, [model] if model.exists() else [])
+    inputs = [p for p in (model, calib, recipe_file) if p is not None and p.exists()]
+    model_io.check_output_path(output, inputs)
+    if report_path is not None:
+        model_io.check_output_path(report_path, inputs)
+        if report_path.resolve() == output.resolve():
+            raise OutputPathError(f"--report '{report_path}' is the output model's path; give the report its own file")
     resolved = resolve_target(target)
     recipe = Recipe.from_toml(recipe_file) if recipe_file else Recipe()
     recipe = recipe.with_options(
@@ -65,12 +71,13 @@ def quantize(
     # Speed on the target, measured interleaved against the FP32 input, on one held-back sample.
     sample = next(iter(report_samples(calib, fp32, recipe)), None)
     if sample is not None and not resolved.backend.simulated:
-        fp32_session = resolved.session(str(loaded.path))
+        # From memory: ORT cannot load some external-data layouts (a Reshape shape stored outside the file)
+        fp32_session = resolved.session(numerics.model_bytes(model_io.in_memory(fp32)))
         q_session = resolved.session(str(output))
         t_fp32, t_q = resolved.backend.time_sessions([fp32_session, q_session], sample, rounds=20)
         report.speedup = t_fp32 / t_q if t_q > 0 else None
     if report_path:
-        report_path.write_text(report.to_json())
+        model_io.write_text_atomic(report_path, report.to_json())
     if not FLAGS.quiet:
         _print_report(report)
     info(f"wrote {output}")

@@ -240,6 +240,17 @@ def save_model(
     return output
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a small text file (a report) through a temporary file in its folder and a rename."""
+    try:
+        handle, staged = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+        with os.fdopen(handle, "w") as stream:
+            stream.write(text)
+        os.replace(staged, path)
+    except OSError as exc:
+        raise OutputPathError(f"cannot write '{path}': {exc.strerror or exc}") from None
+
+
 def _write(model: ir.Model, path: Path, data_name: str | None) -> None:
     _load_external_attributes(model)
     if data_name:
@@ -263,6 +274,12 @@ def _load_external_attributes(model: ir.Model) -> None:
                 ):
                     (tensor,) = ir.external_data.convert_tensors_from_external([attr.value])
                     node.attributes[name] = ir.AttrTensor(name, tensor)
+
+
+def in_memory(model: ir.Model) -> ir.Model:
+    """The model with every external tensor (initializers, attributes) read into memory."""
+    _load_external_attributes(model)
+    return _embedded_view(model)
 
 
 def _embedded_view(model: ir.Model) -> ir.Model:

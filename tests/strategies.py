@@ -11,6 +11,9 @@ batch dim is sometimes symbolic.
 
 Structure comes from hypothesis (so it shrinks to a small failing graph); weights come from a numpy
 generator seeded by a drawn integer. ``describe`` of a case lists its blocks, for failure reports.
+With ``extra_outputs=True`` some intermediate tensors (still consumed downstream) also become graph
+outputs, so a model has several outputs; the draws for them happen only then, so the examples of callers
+that leave it off do not change.
 """
 
 from __future__ import annotations
@@ -60,7 +63,8 @@ class GraphBuilder:
 
     def fresh(self, hint: str) -> str:
         self._count += 1
-        return f"{hint}{self._count}"
+        separator = "_" if hint[-1].isdigit() else ""  # "sqrt2" + "1" would be Sqrt output 21's name
+        return f"{hint}{separator}{self._count}"
 
     def const(self, value, hint: str = "c", dtype=np.float32) -> str:
         name = self.fresh(hint)
@@ -351,9 +355,19 @@ VECTOR_BLOCKS = [
 ]
 
 
+def _extra_outputs(draw, taken: list[tuple[str, tuple[int, ...]]], final: str, batch_dim) -> list:
+    """Value infos for up to two intermediate tensors that also become graph outputs."""
+    candidates = sorted({name: shape for name, shape in taken if name not in ("x", final)}.items())
+    if not candidates:
+        return []
+    chosen = draw(st.permutations(candidates))[: draw(st.integers(0, 2))]
+    return [helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch_dim, *shape[1:]])
+            for name, shape in chosen]
+
+
 @st.composite
-def fuzz_models(draw, max_blocks: int = 6) -> FuzzCase:
-    """A random valid model with one float input 'x' and one output 'y'."""
+def fuzz_models(draw, max_blocks: int = 6, extra_outputs: bool = False) -> FuzzCase:
+    """A random valid model with one float input 'x' and output 'y' (and, if asked, more outputs)."""
     opset = draw(st.sampled_from(OPSETS))
     batch = draw(st.integers(1, 2))
     layout = draw(st.sampled_from(["image", "image", "sequence", "features"]))
@@ -364,20 +378,25 @@ def fuzz_models(draw, max_blocks: int = 6) -> FuzzCase:
     else:
         shape = (batch, draw(st.integers(1, 16)))
     b = GraphBuilder(opset, draw(st.integers(0, 2**16)), shape)
-    labels = []
+    labels, taken = [], []
     for _ in range(draw(st.integers(1, max_blocks))):
         if len(b.shape) == 4:
             blocks = IMAGE_BLOCKS
         else:
             blocks = VECTOR_BLOCKS + ([features_batchnorm_block] if len(b.shape) == 2 else [])
         labels.append(draw(st.sampled_from(blocks))(draw, b))
+        taken.append((b.x, b.shape))
     b.nodes.append(helper.make_node("Identity", [b.x], ["y"], name="output"))
     dims = ["N" if draw(st.booleans()) else batch, *shape[1:]]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [dims[0], *b.shape[1:]])]
+    if extra_outputs:
+        outputs += _extra_outputs(draw, taken, b.x, dims[0])
+        labels += [f"output {o.name}" for o in outputs[1:]]
     graph = helper.make_graph(
         b.nodes,
         "fuzz",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [dims[0], *b.shape[1:]])],
+        outputs,
         b.inits,
     )
     model = helper.make_model(

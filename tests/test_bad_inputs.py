@@ -1,7 +1,7 @@
 """Bad input gets one clear line on stderr and exit code 2; a failed run writes nothing and loses nothing.
 
-The corpus (files and command lines, each with the message it must print) is the table in
-``make_bad_models.py``. Every case runs the real CLI in-process and checks the whole contract: exit code,
+The corpus (files and command lines, each with the message it must print) is the tables in
+``make_bad_models.py`` and, for ``quantize``, ``bad_quantize_commands.py``. Every case runs the real CLI in-process and checks the whole contract: exit code,
 exactly one ``onnxq: error:`` line containing the expected text, no traceback, and the folder exactly as
 before (no output, no ``.*.tmp`` staging folder, input files byte-identical).
 """
@@ -20,6 +20,7 @@ import onnx
 import onnx_ir as ir
 import pytest
 
+from bad_quantize_commands import BAD_QUANTIZE_COMMANDS, write_quantize_inputs
 from make_bad_models import (
     BAD_COMMANDS,
     BAD_MODELS,
@@ -30,6 +31,7 @@ from make_bad_models import (
     write_base_model,
 )
 from onnxq import model_io, numerics, pass_api
+from onnxq.backends.registry import BACKENDS
 from onnxq.cli import main
 from onnxq.errors import ValidationError
 
@@ -106,6 +108,54 @@ def test_bad_command_line_is_refused(case: BadCommand, tmp_path: Path, capsys):
     code, out, err = run_cli(argv, capsys)
     assert_one_line_error(code, err, fill(case.expect))
     assert snapshot(tmp_path) == before
+
+
+def _with_known_bugs(cases: list[BadCommand]) -> list:
+    return [pytest.param(c, id=c.name, marks=[pytest.mark.xfail(strict=True, reason=c.bug)] if c.bug else [])
+            for c in cases]
+
+
+@pytest.mark.parametrize("case", _with_known_bugs(BAD_QUANTIZE_COMMANDS))
+def test_bad_quantize_command_line_is_refused(case: BadCommand, tmp_path: Path, capsys):
+    folder = tmp_path / "work"
+    model, calib = write_quantize_inputs(folder)
+    if case.setup:
+        case.setup(folder)
+    values = {"model": str(model), "calib": str(calib), "dir": str(folder), "dirname": folder.name,
+              "out": str(folder / "out.onnx")}
+
+    def fill(text: str) -> str:
+        for key, value in values.items():
+            text = text.replace("{" + key + "}", value)
+        return text
+
+    before = snapshot(tmp_path)
+    code, out, err = run_cli(["quantize", str(model), *map(fill, shlex.split(case.args))], capsys)
+    assert_one_line_error(code, err, fill(case.expect))
+    assert out == ""
+    assert snapshot(tmp_path) == before
+
+
+def test_unknown_target_lists_every_valid_choice(tmp_path: Path, capsys):
+    model, calib = write_quantize_inputs(tmp_path)
+    argv = ["quantize", str(model), "-o", str(tmp_path / "q.onnx"), "--calib", str(calib), "--target", "nope"]
+    code, _, err = run_cli(argv, capsys)
+    assert_one_line_error(code, err, "unknown target 'nope'; known: " + ", ".join(sorted(BACKENDS)))
+
+
+def test_quantize_entry_point_exit_code_in_a_subprocess(tmp_path: Path):
+    model, calib = write_quantize_inputs(tmp_path)
+    exe = Path(sys.executable).with_name("onnxq")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "onnxq.cli"]
+    argv = ["quantize", str(model), "-o", str(tmp_path / "q.onnx"), "--calib", str(calib), "--method", "kl"]
+    result = subprocess.run(
+        [*cmd, *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert_one_line_error(result.returncode, result.stderr, "unknown calibration method 'kl'")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.npz", "m.onnx"]
 
 
 def test_unknown_pass_lists_every_valid_choice(tmp_path: Path, capsys):

@@ -39,7 +39,7 @@ def _gelu_text(
     if form == "erf":
         if erf_scale is None:
             erf_scale = 1.4142135 if scale_op == "Div" else 0.70710677
-        divide = f"t = Div(x, c)" if scale_op == "Div" else f"t = {binary('Mul', 'x', 'c')}"
+        divide = "t = Div(x, c)" if scale_op == "Div" else f"t = {binary('Mul', 'x', 'c')}"
         core = [const("c", erf_scale), divide, "e = Erf(t)"]
     else:
         if cube == "pow":

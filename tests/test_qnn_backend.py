@@ -151,42 +151,21 @@ def test_relu_range_is_the_producers_range(tmp_path):
 
 @needs_qnn
 @pytest.mark.parametrize("precision, step", [("a8w8", 1 / 256), ("a16w8", 1 / 65536)])
-def test_sigmoid_output_range_is_exact_when_fixed(precision, step):
-    """Where the table pins Sigmoid's output ([0, 1]) the parameters are exactly 1/2^bits and 0."""
-    import dataclasses
-
+def test_sigmoid_output_range_is_fixed_as_the_htp_requires(precision, step):
+    """The probe saw QNN override 16-bit Sigmoid encodings with <0, 1/65536>: the table pins Sigmoid's
+    output to [0, 1] and the parameters come out exactly 1/2^bits and 0."""
     import onnx_ir as ir
 
-    from onnxq.quant.quantize import quantize
-
-    target = resolve_target("qnn:sm8550")
-    table = target.table()
-    pinned = dataclasses.replace(table, rows=tuple(
-        dataclasses.replace(r, fixed_output="unit") if r.name == "sigmoid" else r for r in table.rows))
-
-    class PinnedTarget:
-        name, variant, backend = target.name, target.variant, target.backend
-
-        def table(self):
-            return pinned
-
-        def session(self, model, *, quick=False):
-            return target.session(model, quick=quick)
-
+    sigmoid = next(r for r in resolve_target("qnn:sm8550").table().rows if r.name == "sigmoid")
+    assert sigmoid.fixed_output == "unit"
     calib = [{"x": np.random.default_rng(i).standard_normal((1, 3, 8, 8)).astype(np.float32)} for i in range(12)]
-    quantized, report = quantize(ir.serde.deserialize_model(_conv_act_model("Sigmoid")), calib,
-                                 target=PinnedTarget(), recipe=api_recipe(precision=precision))
+    quantized, report = api.quantize(ir.serde.deserialize_model(_conv_act_model("Sigmoid")), calib,
+                                     target="qnn:sm8550", precision=precision)
     proto = ir.to_proto(quantized)
     sigmoid_out = next(n for n in proto.graph.node if n.op_type == "Sigmoid").output[0]
     scale, zero = _qparams(proto, sigmoid_out)
     assert scale == np.float32(step) and zero == 0
     assert report.placement["full_offload"]
-
-
-def api_recipe(**options):
-    from onnxq.quant.recipe import Recipe
-
-    return Recipe().with_options(**options)
 
 
 @needs_qnn

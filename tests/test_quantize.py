@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
+from onnx import helper, numpy_helper
 
 import onnxq
 from onnxq.cli import main
@@ -130,3 +131,61 @@ def test_cli_targets_lists_and_describes(capsys):
     out = capsys.readouterr().out
     assert "conv+relu" in out and "a8w8 (default)" in out
     assert main(["targets", "tensorrt:sm89"]) == 2
+
+
+def _gemm_model(form: str, bias_shape: tuple[int, ...]) -> onnx.ModelProto:
+    """y = Relu(x @ w + b) on x: [2, 4], written as MatMul + Add (fused to Gemm by the passes) or as Gemm."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 4)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.uniform(0.1, 0.5, bias_shape).astype(np.float32), "b")
+    if form == "gemm":
+        nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["a"])]
+    else:
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["a"])]
+    nodes.append(helper.make_node("Relu", ["a"], ["y"]))
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 4])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 4])
+    graph = helper.make_graph(nodes, "g", [x], [y], [w, b])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _bias_case(form: str, shape: tuple[int, ...], bug: str = "", raises=None):
+    marks = [pytest.mark.xfail(strict=True, reason=bug, raises=raises)] if bug else []
+    return pytest.param(form, shape, marks=marks, id=f"{form}-{'x'.join(map(str, shape)) or 'scalar'}")
+
+
+@pytest.mark.parametrize("form, bias_shape", [
+    _bias_case("gemm", (4,)),
+    _bias_case("gemm", (1, 4)),
+    _bias_case("matmul-add", (4,)),
+    _bias_case("matmul-add", (1, 4)),
+    _bias_case("gemm", ()),
+    _bias_case("gemm", (1,)),
+    _bias_case("matmul-add", ()),
+    _bias_case("matmul-add", (1,)),
+    _bias_case("gemm", (2, 4)),
+    _bias_case("matmul-add", (2, 4)),
+])
+def test_gemm_bias_of_any_valid_shape_quantizes(form: str, bias_shape: tuple[int, ...]):
+    """Gemm's C broadcasts to [M, N] from any of these shapes; the quantized model must stay valid."""
+    source = _gemm_model(form, bias_shape)
+    rng = np.random.default_rng(1)
+    samples = [{"x": rng.standard_normal((2, 4)).astype(np.float32)} for _ in range(8)]
+    model, report = onnxq.quantize(ir.serde.deserialize_model(source), samples)
+    assert report.layers, "the Gemm was quantized, so its bias went through the bias path"
+    onnx.checker.check_model(ir.to_proto(model), full_check=True)
+    assert report.budget_met
+
+
+def test_cli_quantizes_a_model_with_external_data(tmp_path: Path, calib, capsys):
+    source = tmp_path / "demo.onnx"
+    onnx.save(DEMO.build(), source, save_as_external_data=True, location="demo.onnx.data", size_threshold=0)
+    data = tmp_path / "calib.npz"
+    np.savez(data, **calib)
+    out = tmp_path / "q.onnx"
+    code = main(["-q", "quantize", str(source), "-o", str(out), "--calib", str(data)])
+    assert code == 0, capsys.readouterr().err
+    onnx.checker.check_model(str(out), full_check=True)

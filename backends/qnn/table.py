@@ -89,6 +89,8 @@ def _row_specs() -> tuple[RowSpec, ...]:
                 ("tanh_fixed",), calibrated_case="tanh_calibrated"),
         RowSpec(PatternRow("softmax", ("Softmax",), fixed_output="unit", **elementwise),
                 ("softmax_fixed",), calibrated_case="softmax_calibrated"),
+        RowSpec(PatternRow("hardsigmoid", ("HardSigmoid",), fixed_output="unit", **elementwise),
+                ("hardsigmoid",), calibrated_case="hardsigmoid"),
         RowSpec(PatternRow("clip", ("Clip",), data_inputs=(0,), clamp=True, **elementwise), ("clip",)),
         RowSpec(PatternRow("relu", ("Relu",), clamp=True, **elementwise), ("relu",)),
         RowSpec(PatternRow("pad", ("Pad",), data_inputs=(0,), **elementwise), ("pad",)),
@@ -101,7 +103,7 @@ def _row_specs() -> tuple[RowSpec, ...]:
                 ("layernormalization_bias_act",)),
         RowSpec(PatternRow("add", ("Add",), **elementwise), ("add", "add_const")),
     ]
-    for op in ("Sub", "Mul", "Div", "LeakyRelu", "PRelu", "HardSwish", "HardSigmoid", "Gelu", "Erf",
+    for op in ("Sub", "Mul", "Div", "LeakyRelu", "PRelu", "HardSwish", "Gelu", "Erf",
                "Exp", "Sqrt", "Neg", "ReduceMean", "ReduceMax", "AveragePool", "GlobalAveragePool"):
         specs.append(RowSpec(PatternRow(op.lower(), (op,), **elementwise), (op.lower(),)))
     for op in ("MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Split"):
@@ -119,11 +121,13 @@ def load_capabilities(path: Path = CAPABILITIES) -> dict:
 MAX_ERROR_8BIT_STEPS = 4.0
 
 
-def _accepted(arch_data: dict, case: str) -> set[str]:
+def _accepted(arch_data: dict, case: str, *, overridden: bool = True) -> set[str]:
+    """Precisions the probe saw run accurately; ``overridden=False`` also drops those where the runtime
+    said it replaced the output encoding (16-bit Sigmoid/Tanh/HardSigmoid: QNN imposes a fixed range)."""
     results = arch_data["cases"].get(case, {}).get("results", {})
     accepted = set()
     for name, result in results.items():
-        if not result.get("ok"):
+        if not result.get("ok") or (not overridden and result.get("override")):
             continue
         bits = 16 if name.startswith("a16") else 8
         error = result.get("err_lsb")
@@ -147,8 +151,9 @@ def build_table(soc: Soc, capabilities: dict | None = None) -> CapabilityTable:
         changes: dict = {"precisions": precisions}
         if spec.per_channel_case is not None and not set(precisions) <= _accepted(data, spec.per_channel_case):
             changes["weight_axis"] = None  # per-tensor weights
-        if spec.calibrated_case is not None and set(precisions) <= _accepted(data, spec.calibrated_case):
-            changes["fixed_output"] = None  # the kernel takes any range: calibrate it
+        if spec.calibrated_case is not None and set(precisions) <= _accepted(
+                data, spec.calibrated_case, overridden=False):
+            changes["fixed_output"] = None  # the kernel takes any range at every width: calibrate it
         rows.append(_replace(spec.row, **changes))
     # A precision exists on an arch when some compute row has it (weightless rows accept every activation
     # width, so they would list a16w16 even where no convolution runs it).

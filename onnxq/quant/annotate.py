@@ -166,9 +166,14 @@ class QuantPlan:
     @staticmethod
     def _has_bias(annotation: Annotation) -> bool:
         row, anchor = annotation.row, annotation.nodes[0]
-        return (row.kind is RowKind.COMPUTE and row.bias_input is not None and len(anchor.inputs) > row.bias_input
+        if not (row.kind is RowKind.COMPUTE and row.bias_input is not None and len(anchor.inputs) > row.bias_input
                 and _is_constant(anchor.inputs[row.bias_input]) and bool(_weight_indices(annotation))
-                and len(_activation_inputs(annotation)) == 1)
+                and len(_activation_inputs(annotation)) == 1):
+            return False
+        # An int32 bias is one value per output channel; Gemm's C may also be a scalar or an [M, N] matrix,
+        # which stay float (they do not fuse into the integer kernel as s_act·s_w-scaled values).
+        shape = anchor.inputs[row.bias_input].const_value.shape
+        return len(shape) == 1 and shape[0] > 1
 
     def biases(self) -> list[BiasUse]:
         uses = []

@@ -6,7 +6,9 @@ Given the FP32 model, a plan (from the target's table) and calibrated statistics
      widening it, so its quantizer clamps;
   2. a SHARED group (Concat) whose members' ranges differ by more than ``SHARED_RANGE_RATIO`` is dissolved:
      one scale for box coordinates (0..640) and scores (0..1) would flatten the scores to a few levels;
-  3. scales/zero points per group, weights quantized per channel, biases derived, Q/DQ inserted.
+  3. scales/zero points per group, weights quantized per channel, biases derived, Q/DQ inserted;
+  4. on full-offload targets, an op whose inputs and outputs ended up at different widths (a 16-bit layer
+     next to 8-bit ones) reads converted copies of the odd inputs, at its output width.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import onnx_ir as ir
 from onnxq.backends.capability import RowKind, fixed_range
 from onnxq.quant import qparams
 from onnxq.quant.annotate import Decision, QuantPlan
-from onnxq.quant.insert_qdq import TensorQParams, insert_qdq
+from onnxq.quant.insert_qdq import Conversion, TensorQParams, insert_qdq
 from onnxq.quant.spec import QuantSpec
 
 logger = logging.getLogger(__name__)
@@ -117,7 +119,32 @@ def activation_qparams(
     return result
 
 
+def width_conversions(plan: QuantPlan, params: Mapping[str, TensorQParams]) -> list[Conversion]:
+    """Full offload: an op reads every activation at its own output width (the HTP has no Conv with uint16
+    inputs and uint8 outputs). Where a tensor's width differs, the op reads a converted copy
+    (DQ → Q → DQ at the op's width, same range), which the runtime runs as one Convert."""
+    if not plan.table.full_offload:
+        return []
+    conversions = []
+    for annotation in plan.annotations:
+        if annotation.row.kind in (RowKind.PASSTHROUGH, RowKind.SHARED):
+            continue  # one group, one width
+        outputs = [params[v.name] for v in plan.outputs_of(annotation) if v.name in params]
+        if not outputs:
+            continue
+        widest = max(outputs, key=lambda p: p.spec.dtype.bits)
+        anchor = annotation.nodes[0]
+        for index, value in enumerate(anchor.inputs):
+            current = params.get(value.name) if value is not None else None
+            if current is None or current.spec.dtype.bits == widest.spec.dtype.bits:
+                continue
+            low, high = qparams.range_of(current.scale, current.zero_point, current.spec)
+            scale, zero = qparams.qparams_from_range(low, high, widest.spec, name=value.name)
+            conversions.append(Conversion(value.name, anchor, index, TensorQParams(scale, zero, widest.spec)))
+    return conversions
+
+
 def build_qdq_model(model: ir.Model, plan: QuantPlan, stats: Mapping, *, method: str, percentile: float) -> int:
     """Insert Q/DQ into ``model`` (the one ``plan`` was annotated on). Returns the Q/DQ node count."""
     params = activation_qparams(plan, stats, method=method, percentile=percentile)
-    return insert_qdq(model, plan, params)
+    return insert_qdq(model, plan, params, width_conversions(plan, params))

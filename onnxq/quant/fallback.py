@@ -64,11 +64,13 @@ def destination(annotation: Annotation, plan: QuantPlan, stage: str) -> str:
 
 
 def search(evaluate: Evaluate, base_forced: dict[str, str], budget: float, *, enabled: bool = True,
-           every_layer: bool = False, say: Callable[[str], None] = lambda m: None) -> SearchResult:
+           every_layer: bool = False, sensitivity: dict[str, float] | None = None,
+           say: Callable[[str], None] = lambda m: None) -> SearchResult:
     """Run the search described in the module docstring; ``evaluate(forced, quick)`` builds and measures.
 
     ``every_layer``: rank every annotated op, not only compute layers (full-offload targets, where an
     8-bit ReLU6 or residual Add between 16-bit convolutions can hold most of the error).
+    ``sensitivity``: measurements of an earlier search on the same model, reused.
     """
     rounds: list[Round] = []
 
@@ -84,9 +86,12 @@ def search(evaluate: Evaluate, base_forced: dict[str, str], budget: float, *, en
 
     compute = [a for a in plan.annotations
                if (every_layer or a.row.kind is RowKind.COMPUTE) and a.name not in base_forced]
-    say(f"measuring the sensitivity of {len(compute)} layers")
-    sensitivity = {}
-    for annotation in compute:
+    known = sensitivity if sensitivity is not None else {}
+    missing = [a for a in compute if a.name not in known]
+    if missing:
+        say(f"measuring the sensitivity of {len(missing)} layers")
+    sensitivity = dict(known)
+    for annotation in missing:
         solo = dict(base_forced)
         solo.update({other.name: FLOAT for other in compute if other is not annotation})
         sensitivity[annotation.name] = evaluate(solo, True)[1]

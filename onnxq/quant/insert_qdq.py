@@ -36,6 +36,16 @@ class TensorQParams:
     spec: QuantSpec
 
 
+@dataclass(frozen=True)
+class Conversion:
+    """``node`` reads input ``index`` (tensor ``tensor``) through a second Q/DQ pair with ``params``."""
+
+    tensor: str
+    node: ir.Node
+    index: int
+    params: TensorQParams
+
+
 class _Names:
     """Deterministic unique names for new values, nodes and initializers."""
 
@@ -80,7 +90,8 @@ def required_opset(plan: QuantPlan) -> int:
     return needed
 
 
-def insert_qdq(model: ir.Model, plan: QuantPlan, activations: dict[str, TensorQParams]) -> int:
+def insert_qdq(model: ir.Model, plan: QuantPlan, activations: dict[str, TensorQParams],
+               conversions: list[Conversion] | None = None) -> int:
     """Insert Q/DQ in place for ``activations`` (name → params) and the plan's weights and biases.
 
     Returns the number of Q/DQ nodes added. The plan's node references must belong to ``model``.
@@ -132,6 +143,21 @@ def insert_qdq(model: ir.Model, plan: QuantPlan, activations: dict[str, TensorQP
             names.taken.discard(dq_name)
             for slot in output_slots:
                 model.graph.outputs[slot] = dq.outputs[0]
+        added += 2
+
+    for conversion in sorted(conversions or [], key=lambda c: (c.tensor, c.node.name, c.index)):
+        source = conversion.node.inputs[conversion.index]
+        params = conversion.params
+        base = f"{conversion.tensor}_{params.spec.dtype.label}"
+        scale = _const(model, names, f"{base}_scale", np.asarray(params.scale, np.float32).reshape(()))
+        zero = _const(model, names, f"{base}_zero_point", np.asarray(params.zero_point).reshape(()))
+        q = ir.node("QuantizeLinear", [source, scale, zero], name=names(f"{base}_QuantizeLinear"))
+        q.outputs[0].name = names(f"{base}_quantized")
+        dq = ir.node("DequantizeLinear", [q.outputs[0], scale, zero], name=names(f"{base}_DequantizeLinear"))
+        dq.outputs[0].name = names(f"{base}_dequantized")
+        _copy_type(source, dq.outputs[0])
+        model.graph.insert_before(conversion.node, [q, dq])
+        conversion.node.replace_input_with(conversion.index, dq.outputs[0])
         added += 2
 
     min_scales = _bias_safe_weight_scales(bias_uses, activations)

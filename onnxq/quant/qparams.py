@@ -54,6 +54,12 @@ def qparams_from_range(
     return scale.astype(np.float32), zero.astype(spec.dtype.numpy)
 
 
+def range_of(scale: np.ndarray, zero: np.ndarray, spec: QuantSpec) -> tuple[float, float]:
+    """The real range a per-tensor (scale, zero point) represents: [(q_min − z)·s, (q_max − z)·s]."""
+    s, z = float(np.asarray(scale).reshape(())), float(np.asarray(zero).reshape(()))
+    return (spec.dtype.qmin - z) * s, (spec.dtype.qmax - z) * s
+
+
 def quantize(x: np.ndarray, scale: np.ndarray, zero: np.ndarray, spec: QuantSpec, axis: int | None = None):
     """Quantize ``x`` with per-tensor or per-channel (``axis``) parameters to the spec's dtype."""
     if axis is not None and np.ndim(scale) == 1:

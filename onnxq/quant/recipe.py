@@ -47,8 +47,8 @@ class Recipe:
             raise OptionError(f"unknown calibration method '{self.method}'; known: {', '.join(METHODS)}")
         if not 50.0 < self.percentile <= 100.0:
             raise OptionError(f"percentile must be in (50, 100], got {self.percentile}")
-        if self.max_error <= 0:
-            raise OptionError(f"max_error must be positive, got {self.max_error}")
+        if not (self.max_error > 0 and self.max_error != float("inf")):  # also refuses nan
+            raise OptionError(f"max_error must be positive and finite, got {self.max_error}")
         if (self.holdout is not None and self.holdout < 0) or (self.calibration_size is not None and self.calibration_size < 1):
             raise OptionError("holdout must be >= 0 and calibration_size >= 1")
         if self.moving_average is not None and not 0 < self.moving_average <= 1:

@@ -1,0 +1,407 @@
+"""The one-op models ``tools.qnn_probe`` compiles: the case table and the QDQ model builder.
+
+A case is one ONNX op with its inputs described by role (:class:`Act` graph input, :class:`Weight`,
+:class:`Bias`, :class:`ActConst`, :class:`Param`, ...). :func:`build_case` turns a case and a precision into
+an opset-21 model that passes ``onnx.checker``, following the quantizer's conventions:
+
+* activations (every float graph input and output, and constant inputs of non-weight ops) are per-tensor
+  asymmetric ``uint8``/``uint16``, range ``[min(0, lo), max(0, hi)]`` of the values they carry;
+* weights are symmetric signed (zero point 0) per output channel, or per tensor in ``*_per_tensor`` cases;
+* biases are ``int32`` with ``scale = s_act · s_w`` (per channel where the weight is), zero point 0;
+* shape/parameter inputs stay plain constants; ``fp16`` is the float model itself, no Q/DQ.
+
+Inputs are drawn from a generator seeded by the case name, so every process builds identical models.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import ml_dtypes
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET, IR_VERSION = 21, 10
+#: precision -> (activation bits, weight bits); fp16 has no quantization.
+PRECISIONS: dict[str, tuple[int, int] | None] = {
+    "a8w8": (8, 8), "a16w8": (16, 8), "a16w16": (16, 16), "a8w4": (8, 4), "a16w4": (16, 4), "fp16": None,
+}
+#: Weightless ops: only these are probed, the others copied from the one of the same activation width.
+PROBED_WEIGHTLESS = ("a8w8", "a16w8", "fp16")
+DERIVED_FROM = {"a16w16": "a16w8", "a8w4": "a8w8", "a16w4": "a16w8"}
+_UNSIGNED = {8: np.uint8, 16: np.uint16}
+_SIGNED = {4: ml_dtypes.int4, 8: np.int8, 16: np.int16}
+
+
+# ---------------------------------------------------------------------------------------- input roles
+@dataclass(frozen=True, eq=False)
+class Act:
+    """A float graph input, uniform in [low, high]."""
+    shape: tuple[int, ...]
+    low: float = -2.0
+    high: float = 2.0
+
+
+@dataclass(frozen=True, eq=False)
+class Indices:
+    """An int64 graph input in [0, high)."""
+    shape: tuple[int, ...]
+    high: int
+
+
+@dataclass(frozen=True, eq=False)
+class Condition:
+    """A bool graph input."""
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class Weight:
+    """A weight initializer: symmetric signed, per channel along ``axis`` (None: per tensor)."""
+    value: np.ndarray
+    axis: int | None
+
+
+@dataclass(frozen=True, eq=False)
+class Bias:
+    """An int32 bias whose scale is the product of the scales of input slots ``of``."""
+    value: np.ndarray
+    of: tuple[int, int] = (0, 1)
+
+
+@dataclass(frozen=True, eq=False)
+class ActConst:
+    """A float constant of a non-weight op, quantized like an activation."""
+    value: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class Param:
+    """A shape/parameter input, never quantized."""
+    value: np.ndarray
+
+
+Slot = Act | Indices | Condition | Weight | Bias | ActConst | Param | None
+
+
+@dataclass(frozen=True, eq=False)
+class OpSpec:
+    op: str
+    inputs: list[Slot]
+    attrs: dict = field(default_factory=dict)
+    outputs: int = 1
+    fixed_output: str | None = None  # "unit": [0, 1) (Sigmoid, Softmax); "tanh": [-1, 1)
+
+
+@dataclass(frozen=True)
+class Case:
+    key: str
+    op: str
+    variant: str
+    make: Callable[[np.random.Generator], OpSpec]
+
+    @property
+    def weighted(self) -> bool:
+        return any(isinstance(s, Weight) for s in self.make(np.random.default_rng(0)).inputs)
+
+
+# ------------------------------------------------------------------------------------------ case table
+X4 = (1, 8, 8, 8)
+
+
+def _w(rng, *shape):
+    return (rng.standard_normal(shape) * 0.3).astype(np.float32)
+
+
+def _u(rng, shape, low, high):
+    return rng.uniform(low, high, shape).astype(np.float32)
+
+
+def _i64(*values):
+    return np.array(values, np.int64)
+
+
+def _unary(op, low=-2.0, high=2.0, shape=X4, **attrs):
+    return lambda rng: OpSpec(op, [Act(shape, low, high)], attrs)
+
+
+def _binary(op, *, const=False, low2=-2.0, high2=2.0):
+    def make(rng):
+        second = ActConst(_u(rng, (1, 8, 1, 1), low2, high2)) if const else Act(X4, low2, high2)
+        return OpSpec(op, [Act(X4), second])
+    return make
+
+
+def _fixed(op, fixed, calibrated_low, calibrated_high, shape=X4, **attrs):
+    """Two cases: output scale from the observed range, and the op's fixed output range."""
+    key = op.lower()
+    return [
+        Case(f"{key}_calibrated", op, "calibrated",
+             _unary(op, calibrated_low, calibrated_high, shape, **attrs)),
+        Case(f"{key}_fixed", op, "fixed", lambda rng: OpSpec(
+            op, [Act(shape, calibrated_low, calibrated_high)], attrs, fixed_output=fixed)),
+    ]
+
+
+def _layernorm(bias_role):
+    def make(rng):
+        bias = _u(rng, (32,), -0.5, 0.5)
+        return OpSpec("LayerNormalization", [Act((1, 8, 32)), ActConst(_u(rng, (32,), 0.5, 1.5)),
+                                             bias_role(bias)], {"axis": -1, "epsilon": 1e-5})
+    return make
+
+
+def _cases() -> list[Case]:
+    c = [
+        Case("conv", "Conv", "", lambda r: OpSpec(
+            "Conv", [Act(X4), Weight(_w(r, 16, 8, 3, 3), 0), Bias(_w(r, 16))], {"pads": [1, 1, 1, 1]})),
+        Case("conv_depthwise", "Conv", "depthwise", lambda r: OpSpec(
+            "Conv", [Act(X4), Weight(_w(r, 8, 1, 3, 3), 0), Bias(_w(r, 8))],
+            {"pads": [1, 1, 1, 1], "group": 8})),
+        Case("conv1d", "Conv", "1d", lambda r: OpSpec(
+            "Conv", [Act((1, 8, 16)), Weight(_w(r, 16, 8, 3), 0), Bias(_w(r, 16))], {"pads": [1, 1]})),
+        Case("convtranspose", "ConvTranspose", "", lambda r: OpSpec(
+            "ConvTranspose", [Act(X4), Weight(_w(r, 8, 8, 2, 2), 1), Bias(_w(r, 8))], {"strides": [2, 2]})),
+        Case("gemm", "Gemm", "", lambda r: OpSpec(
+            "Gemm", [Act((1, 32)), Weight(_w(r, 16, 32), 0), Bias(_w(r, 16))], {"transB": 1})),
+        Case("gemm_per_tensor", "Gemm", "per_tensor", lambda r: OpSpec(
+            "Gemm", [Act((1, 32)), Weight(_w(r, 16, 32), None), Bias(_w(r, 16))], {"transB": 1})),
+        Case("matmul_const", "MatMul", "const", lambda r: OpSpec(
+            "MatMul", [Act((1, 8, 32)), Weight(_w(r, 32, 16), 1)])),
+        Case("matmul_const_per_tensor", "MatMul", "const_per_tensor", lambda r: OpSpec(
+            "MatMul", [Act((1, 8, 32)), Weight(_w(r, 32, 16), None)])),
+        Case("matmul_act", "MatMul", "act", lambda r: OpSpec("MatMul", [Act((1, 8, 32)), Act((1, 32, 16))])),
+        Case("add", "Add", "", _binary("Add", low2=-4, high2=1)),
+        Case("add_const", "Add", "const", _binary("Add", const=True)),
+        Case("sub", "Sub", "", _binary("Sub", low2=-1, high2=3)),
+        Case("mul", "Mul", "", _binary("Mul", low2=-1, high2=3)),
+        Case("mul_const", "Mul", "const", _binary("Mul", const=True)),
+        Case("div", "Div", "", _binary("Div", low2=0.5, high2=2)),
+        Case("div_const", "Div", "const", _binary("Div", const=True, low2=0.5, high2=2)),
+        Case("relu", "Relu", "", _unary("Relu")),
+        Case("clip", "Clip", "", lambda r: OpSpec(
+            "Clip", [Act(X4, -3, 8), Param(np.array(0.0, np.float32)), Param(np.array(6.0, np.float32))])),
+        Case("leakyrelu", "LeakyRelu", "", _unary("LeakyRelu", alpha=0.1)),
+        Case("prelu", "PRelu", "", lambda r: OpSpec(
+            "PRelu", [Act(X4), ActConst(_u(r, (8, 1, 1), 0.05, 0.3))])),
+        *_fixed("Sigmoid", "unit", -6, 6),
+        *_fixed("Tanh", "tanh", -3, 3),
+        *_fixed("Softmax", "unit", -4, 4, shape=(1, 8, 16), axis=-1),
+        Case("hardswish", "HardSwish", "", _unary("HardSwish", -4, 4)),
+        Case("hardsigmoid", "HardSigmoid", "", _unary("HardSigmoid", -4, 4)),
+        Case("gelu", "Gelu", "", _unary("Gelu", -4, 4)),
+        Case("gelu_tanh", "Gelu", "tanh", _unary("Gelu", -4, 4, approximate="tanh")),
+        Case("erf", "Erf", "", _unary("Erf")),
+        Case("exp", "Exp", "", _unary("Exp")),
+        Case("sqrt", "Sqrt", "", _unary("Sqrt", 0.1, 4)),
+        Case("pow", "Pow", "", lambda r: OpSpec("Pow", [Act(X4), ActConst(np.array(2.0, np.float32))])),
+        Case("neg", "Neg", "", _unary("Neg")),
+        Case("layernormalization_bias_act", "LayerNormalization", "bias_act", _layernorm(ActConst)),
+        Case("layernormalization_bias_int32", "LayerNormalization", "bias_int32", _layernorm(Bias)),
+        Case("reducemean", "ReduceMean", "", lambda r: OpSpec("ReduceMean", [Act(X4), Param(_i64(2, 3))])),
+        Case("reducemax", "ReduceMax", "", lambda r: OpSpec("ReduceMax", [Act(X4), Param(_i64(1))])),
+        Case("concat", "Concat", "", lambda r: OpSpec("Concat", [Act(X4), Act(X4, -4, 1)], {"axis": 1})),
+        Case("reshape", "Reshape", "", lambda r: OpSpec("Reshape", [Act(X4), Param(_i64(1, 8, 64))])),
+        Case("transpose", "Transpose", "", _unary("Transpose", perm=[0, 2, 3, 1])),
+        Case("flatten", "Flatten", "", _unary("Flatten", axis=1)),
+        Case("squeeze", "Squeeze", "", lambda r: OpSpec("Squeeze", [Act((1, 8, 1, 8)), Param(_i64(2))])),
+        Case("unsqueeze", "Unsqueeze", "", lambda r: OpSpec("Unsqueeze", [Act((1, 8, 16)), Param(_i64(2))])),
+        Case("maxpool", "MaxPool", "", _unary("MaxPool", kernel_shape=[2, 2], strides=[2, 2])),
+        Case("averagepool", "AveragePool", "", _unary("AveragePool", kernel_shape=[2, 2], strides=[2, 2])),
+        Case("globalaveragepool", "GlobalAveragePool", "", _unary("GlobalAveragePool")),
+        Case("resize_nearest", "Resize", "nearest", lambda r: OpSpec(
+            "Resize", [Act(X4), None, Param(np.array([1, 1, 2, 2], np.float32))],
+            {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"})),
+        Case("resize_linear", "Resize", "linear", lambda r: OpSpec(
+            "Resize", [Act(X4), None, Param(np.array([1, 1, 2, 2], np.float32))],
+            {"mode": "linear", "coordinate_transformation_mode": "half_pixel"})),
+        Case("slice", "Slice", "", lambda r: OpSpec(
+            "Slice", [Act(X4), Param(_i64(0, 2)), Param(_i64(8, 6)), Param(_i64(2, 3))])),
+        Case("split", "Split", "", lambda r: OpSpec("Split", [Act(X4), Param(_i64(4, 4))], {"axis": 1}, 2)),
+        Case("gather", "Gather", "", lambda r: OpSpec(
+            "Gather", [ActConst(_u(r, (16, 8), -1, 1)), Indices((1, 4), 16)], {"axis": 0})),
+        Case("where", "Where", "", lambda r: OpSpec("Where", [Condition(X4), Act(X4), Act(X4, -1, 3)])),
+        Case("pad", "Pad", "", lambda r: OpSpec("Pad", [Act(X4), Param(_i64(0, 0, 1, 1, 0, 0, 1, 1))])),
+    ]
+    return c
+
+
+CASES: dict[str, Case] = {case.key: case for case in _cases()}
+
+
+# ---------------------------------------------------------------------------------------- quantization
+def act_qparams(values: np.ndarray, bits: int) -> tuple[np.float32, np.generic]:
+    """Asymmetric per-tensor (scale, zero point) covering [min(0, lo), max(0, hi)]."""
+    lo, hi = min(0.0, float(values.min())), max(0.0, float(values.max()))
+    if hi == lo:
+        hi = lo + 1.0
+    qmax = 2**bits - 1
+    scale = np.float32((hi - lo) / qmax)
+    zero_point = _UNSIGNED[bits](np.clip(round(-lo / float(scale)), 0, qmax))
+    return scale, zero_point
+
+
+def fixed_qparams(kind: str, bits: int) -> tuple[np.float32, np.generic]:
+    """Sigmoid/Softmax: scale 1/2^bits, zp 0. Tanh: scale 2/2^bits, zp 2^(bits-1)."""
+    if kind == "unit":
+        return np.float32(1.0 / 2**bits), _UNSIGNED[bits](0)
+    return np.float32(2.0 / 2**bits), _UNSIGNED[bits](2 ** (bits - 1))
+
+
+def weight_quant(value: np.ndarray, axis: int | None, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric signed quantization: (integer values, float32 scale per channel or scalar)."""
+    qmax = 2 ** (bits - 1) - 1
+    reduce = tuple(i for i in range(value.ndim) if i != axis) if axis is not None else None
+    absmax = np.abs(value).max(axis=reduce)
+    scale = (np.maximum(absmax, 1e-8) / qmax).astype(np.float32)
+    shape = [1] * value.ndim
+    if axis is not None:
+        shape[axis] = -1
+    quantized = np.clip(np.round(value / scale.reshape(shape)), -qmax, qmax)
+    return quantized.astype(_SIGNED[bits]), scale
+
+
+@dataclass
+class BuiltCase:
+    model: onnx.ModelProto
+    feeds: dict[str, np.ndarray]
+    output_scales: list[float] | None  # None: float model (fp16)
+    provider_extra: dict[str, str]
+
+
+class _Graph:
+    def __init__(self):
+        self.nodes, self.inits, self.inputs = [], [], []
+
+    def const(self, name: str, value) -> str:
+        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def qdq(self, source: str, stem: str, scale, zero_point, *, quantize: bool = True, axis=None,
+            output: str | None = None) -> str:
+        scale_name, zp_name = self.const(f"{stem}_scale", scale), self.const(f"{stem}_zp", zero_point)
+        if quantize:
+            self.nodes.append(helper.make_node("QuantizeLinear", [source, scale_name, zp_name], [f"{stem}_q"],
+                                               name=f"{stem}_Q"))
+            source = f"{stem}_q"
+        attrs = {"axis": axis} if axis is not None else {}
+        output = output or f"{stem}_dq"
+        self.nodes.append(helper.make_node("DequantizeLinear", [source, scale_name, zp_name], [output],
+                                           name=f"{stem}_DQ", **attrs))
+        return output
+
+
+def _feeds(spec: OpSpec, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    feeds = {}
+    for i, slot in enumerate(spec.inputs):
+        if isinstance(slot, Act):
+            feeds[f"in{i}"] = _u(rng, slot.shape, slot.low, slot.high)
+        elif isinstance(slot, Indices):
+            feeds[f"in{i}"] = rng.integers(0, slot.high, slot.shape).astype(np.int64)
+        elif isinstance(slot, Condition):
+            feeds[f"in{i}"] = rng.integers(0, 2, slot.shape).astype(bool)
+    return feeds
+
+
+_ELEM = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int64): TensorProto.INT64,
+         np.dtype(bool): TensorProto.BOOL}
+
+
+def _model(graph: _Graph, spec: OpSpec, feeds, outputs: list[tuple[str, list[int]]]) -> onnx.ModelProto:
+    inputs = [helper.make_tensor_value_info(name, _ELEM[a.dtype], a.shape) for name, a in feeds.items()]
+    outs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, shape in outputs]
+    g = helper.make_graph(graph.nodes, spec.op.lower(), inputs, outs, graph.inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION,
+                              producer_name="onnxq.tools.qnn_probe")
+    if all(shape is not None for _, shape in outputs):  # the calibration model has none yet
+        onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _float_model(spec: OpSpec, feeds, shapes=None) -> onnx.ModelProto:
+    graph = _Graph()
+    names = []
+    for i, slot in enumerate(spec.inputs):
+        if slot is None:
+            names.append("")
+        elif isinstance(slot, (Act, Indices, Condition)):
+            names.append(f"in{i}")
+        else:
+            names.append(graph.const(f"c{i}", slot.value))
+    outs = [f"out{j}" for j in range(spec.outputs)]
+    graph.nodes.append(helper.make_node(spec.op, names, outs, name="op", **spec.attrs))
+    return _model(graph, spec, feeds, [(o, shapes[j] if shapes else None) for j, o in enumerate(outs)])
+
+
+def _run_cpu(model: onnx.ModelProto, feeds) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def _qdq_input(graph: _Graph, spec: OpSpec, i: int, slot: Slot, feeds, bits, scales) -> str:
+    act_bits, weight_bits = bits
+    if slot is None:
+        return ""
+    if isinstance(slot, (Indices, Condition)):
+        return f"in{i}"
+    if isinstance(slot, Param):
+        return graph.const(f"c{i}", slot.value)
+    if isinstance(slot, Act):
+        scales[i], zp = act_qparams(feeds[f"in{i}"], act_bits)
+        return graph.qdq(f"in{i}", f"in{i}", scales[i], zp)
+    if isinstance(slot, ActConst):
+        scales[i], zp = act_qparams(slot.value, act_bits)
+        q = np.clip(np.round(slot.value / scales[i]) + zp.astype(np.int64), 0, 2**act_bits - 1)
+        return graph.qdq(graph.const(f"c{i}_q", q.astype(zp.dtype)), f"c{i}", scales[i], zp, quantize=False)
+    if isinstance(slot, Weight):
+        q, scales[i] = weight_quant(slot.value, slot.axis, weight_bits)
+        zp = np.zeros(scales[i].shape, q.dtype)
+        return graph.qdq(graph.const(f"c{i}_q", q), f"c{i}", scales[i], zp, quantize=False, axis=slot.axis)
+    a, b = slot.of  # Bias
+    scale = (np.float32(scales[a]) * np.asarray(scales[b], np.float32)).astype(np.float32)
+    scale = np.broadcast_to(scale, slot.value.shape).copy() if scale.ndim else scale
+    q = np.clip(np.round(slot.value / scale), -(2**31) + 1, 2**31 - 1).astype(np.int32)
+    axis = 0 if scale.ndim else None
+    return graph.qdq(graph.const(f"c{i}_q", q), f"c{i}", scale, np.zeros(scale.shape, np.int32),
+                     quantize=False, axis=axis)
+
+
+@lru_cache(maxsize=64)
+def build_case(key: str, precision: str) -> BuiltCase:
+    """The model of case ``key`` at ``precision`` (checked by onnx.checker), its inputs, output scales."""
+    if key not in CASES:
+        raise KeyError(f"unknown case {key!r}; known: {', '.join(CASES)}")
+    if precision not in PRECISIONS:
+        raise KeyError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
+    rng = np.random.default_rng(zlib.crc32(key.encode()))
+    spec = CASES[key].make(rng)
+    feeds = _feeds(spec, rng)
+    float_model = _float_model(spec, feeds)
+    reference = _run_cpu(float_model, feeds)
+    shapes = [list(r.shape) for r in reference]
+    bits = PRECISIONS[precision]
+    if bits is None:
+        return BuiltCase(_float_model(spec, feeds, shapes), feeds, None, {"enable_htp_fp16_precision": "1"})
+    graph, scales = _Graph(), {}
+    names = [_qdq_input(graph, spec, i, slot, feeds, bits, scales) for i, slot in enumerate(spec.inputs)]
+    outs = [f"out{j}_f" for j in range(spec.outputs)]
+    graph.nodes.append(helper.make_node(spec.op, names, outs, name="op", **spec.attrs))
+    output_scales, graph_outputs = [], []
+    for j, (name, value) in enumerate(zip(outs, reference)):
+        if spec.fixed_output:
+            scale, zp = fixed_qparams(spec.fixed_output, bits[0])
+        else:
+            scale, zp = act_qparams(value, bits[0])
+        graph.qdq(name, f"out{j}", scale, zp, output=f"out{j}")
+        output_scales.append(float(scale))
+        graph_outputs.append((f"out{j}", shapes[j]))
+    return BuiltCase(_model(graph, spec, feeds, graph_outputs), feeds, output_scales, {})
