@@ -275,3 +275,31 @@ def test_quantize_cli_reports_placement(demo_files, tmp_path, capsys):
     assert "speed-up" not in capsys.readouterr().err  # simulated: no speed claims
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape == [1, 3, 32, 32]
+
+
+@needs_qnn
+def test_int4_weights_per_recipe_run_fully_on_htp(demo_files):
+    model_path, calib = demo_files
+    quantized, report = api.quantize(api.load(model_path), calib, target="qnn:sm8550", precision="a16w4")
+    import onnx_ir as ir
+
+    proto = ir.to_proto(quantized)
+    int4 = [t for t in proto.graph.initializer if t.data_type == TensorProto.INT4]
+    assert len(int4) >= 4  # every Conv/Gemm weight
+    assert report.placement["full_offload"] and report.budget_met
+
+
+@pytest.mark.parametrize("make, expect", [
+    (lambda d: (d / "m.onnx").write_bytes(b"not a model"), "m.onnx"),
+    (lambda d: None, "does not exist"),
+    (lambda d: (_qdq_erf_model(d / "m.onnx"), (d / "out").write_text("x")), "is a file; export writes a folder"),
+])
+def test_export_bad_input_is_one_line_exit_2(tmp_path, capsys, make, expect):
+    if UNAVAILABLE is not None and "folder" in expect:
+        pytest.skip(f"QNN EP unavailable: {UNAVAILABLE}")
+    make(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code = main(["export", str(tmp_path / "m.onnx"), "--target", "qnn:sm8550", "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1 and expect in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -76,7 +76,7 @@ def refusal_message(target: str, placement: runtime.Placement) -> str:
     if not placement.refused:
         return f"{target} cannot compile the model: {placement.error}"
     items = list(placement.refused.items())
-    shown = "; ".join(f"'{name}' ({op}): {why}" for name, (op, why) in items[:3])
+    shown = "; ".join(f"'{name}' ({op}): {why}" if name else f"an unnamed {op}: {why}" for name, (op, why) in items[:3])
     more = f" and {len(items) - 3} more" if len(items) > 3 else ""
     return (f"{target} cannot run {len(items)} of {placement.total_nodes} nodes: {shown}{more}. Fix: quantize "
             f"with --target {target} so every op gets the Q/DQ the HTP needs, replace or remove unsupported ops, "
@@ -161,6 +161,13 @@ def _runback(model_path: Path, ctx_path: Path, soc: socs.Soc, feeds, strict: boo
 def export(model_path: Path, soc: socs.Soc, out_dir: Path, *, allow_cpu_fallback: bool = False,
            feeds: dict[str, np.ndarray] | None = None) -> ExportReport:
     target = f"qnn:{soc.name}"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputPathError(f"output '{out_dir}' is a file; export writes a folder (-o DIR)")
+    parent = out_dir.parent if str(out_dir.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputPathError(f"output folder '{parent}' does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputPathError(f"output folder '{parent}' is not writable")
     reason = runtime.available()
     if reason:
         raise runtime.QnnUnavailableError(reason)
@@ -172,13 +179,6 @@ def export(model_path: Path, soc: socs.Soc, out_dir: Path, *, allow_cpu_fallback
     if not placement.full_offload and (placement.error or not allow_cpu_fallback):
         raise TargetCannotRunError(refusal_message(target, placement))
 
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputPathError(f"output '{out_dir}' is a file; export writes a folder (-o DIR)")
-    parent = out_dir.parent if str(out_dir.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputPathError(f"output folder '{parent}' does not exist")
-    if not os.access(parent, os.W_OK):
-        raise OutputPathError(f"output folder '{parent}' is not writable")
     stem = model_path.stem
     names = [f"{stem}_ctx.onnx", f"{stem}_ctx_qnn.bin", f"{stem}.encodings.json", f"{stem}_export.json"]
     for name in names:

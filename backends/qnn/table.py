@@ -34,6 +34,9 @@ PRECISIONS = {
     "a8w8": Precision("a8w8", activation_spec("uint8"), "int8", level=0),
     "a16w8": Precision("a16w8", activation_spec("uint16"), "int8", level=1),
     "a16w16": Precision("a16w16", activation_spec("uint16"), "int16", level=2),
+    # int4 weights, symmetric per output channel (recipe choices for size; never picked by fall-back):
+    "a8w4": Precision("a8w4", activation_spec("uint8"), "int4", level=-2),
+    "a16w4": Precision("a16w4", activation_spec("uint16"), "int4", level=-1),
 }
 
 
@@ -162,6 +165,9 @@ def build_table(soc: Soc, capabilities: dict | None = None) -> CapabilityTable:
     precisions = {name: p for name, p in PRECISIONS.items() if name in used}
     notes = [f"rows and precisions from tools/qnn_probe.py on the HTP simulator "
              f"(onnxruntime-qnn {capabilities_version(capabilities)})"]
+    fp16 = _fp16_note(data)
+    if fp16:
+        notes.append(fp16)
     if skipped:
         notes.append(f"not run fully on HTP {soc.arch} in the probe: {', '.join(sorted(skipped))}")
     return CapabilityTable(
@@ -177,6 +183,16 @@ def build_table(soc: Soc, capabilities: dict | None = None) -> CapabilityTable:
         full_offload=True,
         static_shapes=True,
     )
+
+
+def _fp16_note(arch_data: dict) -> str | None:
+    """FP16 availability, from the probe's float runs of Conv (v68 runs them in fp32: not fp16)."""
+    result = arch_data["cases"].get("conv", {}).get("results", {}).get("fp16", {})
+    if not result:
+        return None
+    if result.get("ok") and not result.get("note"):
+        return "fp16: float ops run on the HTP in fp16 (enable_htp_fp16_precision); onnxq still quantizes all"
+    return "fp16: the fp16 option has no effect on this arch (the probe's float Conv ran fp32-exact)"
 
 
 def capabilities_version(capabilities: dict | None = None) -> str:
