@@ -23,7 +23,6 @@ input (one line naming the problem), 1 for a failed accuracy budget or check; no
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
