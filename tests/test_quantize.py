@@ -189,3 +189,21 @@ def test_cli_quantizes_a_model_with_external_data(tmp_path: Path, calib, capsys)
     code = main(["-q", "quantize", str(source), "-o", str(out), "--calib", str(data)])
     assert code == 0, capsys.readouterr().err
     onnx.checker.check_model(str(out), full_check=True)
+
+
+def test_nan_weight_is_a_clean_error_and_nothing_is_written(tmp_path: Path, calib, capsys):
+    proto = DEMO.build()
+    weight = next(t for t in proto.graph.initializer if t.name == "conv2.w")
+    array = numpy_helper.to_array(weight).copy()
+    array.flat[3] = np.nan
+    weight.CopyFrom(numpy_helper.from_array(array, "conv2.w"))
+    source = tmp_path / "nan.onnx"
+    onnx.save(proto, source)
+    data = tmp_path / "calib.npz"
+    np.savez(data, **calib)
+    out = tmp_path / "q.onnx"
+    code = main(["quantize", str(source), "-o", str(out), "--calib", str(data)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "holds 1 NaN/Inf values and cannot be quantized" in err and "exclude" in err
+    assert not out.exists()

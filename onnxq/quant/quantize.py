@@ -77,6 +77,23 @@ def prepare(model: ir.Model) -> ir.Model:
     return model
 
 
+def check_finite_weights(plan: QuantPlan) -> None:
+    """NaN/Inf in a tensor the plan quantizes (weight, bias, constant input) is a broken model, not a range."""
+    from onnxq.errors import InvalidModelError
+
+    uses = [(u.node, u.input_index) for u in plan.weights() + plan.static_inputs()]
+    uses += [(b.node, b.input_index) for b in plan.biases()]
+    for node, index in uses:
+        value = node.inputs[index]
+        array = value.const_value.numpy()
+        bad = int(np.count_nonzero(~np.isfinite(array))) if np.issubdtype(array.dtype, np.floating) else 0
+        if bad:
+            raise InvalidModelError(
+                f"initializer '{value.name}' (input {index} of {node.op_type} '{node.name}') holds {bad} NaN/Inf "
+                f"values and cannot be quantized; fix the model or keep the node float (recipe exclude = "
+                f"[\"{node.name}\"])")
+
+
 def check_placement(model: ir.Model, target: Target) -> dict | None:
     """Ask the target runtime where the model's nodes run; warn, with the fix, when some cannot."""
     total = sum(1 for _ in model.graph)
@@ -185,6 +202,7 @@ def quantize(
 
     overrides = recipe.overrides()
     plan = annotate(model, table, variant=target.variant, precision=precision, overrides=overrides)
+    check_finite_weights(plan)
     tensors = sorted(plan.activation_specs())
     say(f"calibrating {len(tensors)} tensors")
     stats = collect_statistics(model, tensors, data, method=recipe.method, moving_average=recipe.moving_average)
