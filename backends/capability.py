@@ -57,8 +57,14 @@ class Precision:
     weight_block_size: int | None = None
     #: cost order for fall-back: a layer moves from lower to higher ``level`` (float is above all)
     level: int = 0
+    #: weights quantized offline, activations at run time (DynamicQuantizeLinear + MatMulInteger on ORT):
+    #: no calibration, no activation Q/DQ; ``activation`` describes the run-time quantization
+    dynamic: bool = False
 
     def describe(self) -> str:
+        if self.dynamic:
+            return f"dynamic: {self.activation.dtype.label} activations quantized at run time, {self.weight_dtype} " \
+                   f"weights {'per-channel' if self.weight_per_channel else 'per-tensor'}"
         weights = "float weights" if self.weight_dtype is None else (
             f"{self.weight_dtype} weights " + (
                 f"per-block {self.weight_block_size}" if self.weight_block_size else

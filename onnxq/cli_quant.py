@@ -27,7 +27,7 @@ def quantize(
     output: Annotated[Path, typer.Option("-o", "--output", help="output ONNX file")],
     calib: Annotated[Path, typer.Option("--calib", help=".npz (one array per input) or a folder of .npz")],
     target: Annotated[str, typer.Option("--target", help="ort | ort:arm64 (see `onnxq targets`)")] = "ort",
-    precision: Annotated[Optional[str], typer.Option("--precision", help="a8w8 | a16w8 (target default)")] = None,
+    precision: Annotated[Optional[str], typer.Option("--precision", help="a8w8 | a16w8 | dynamic (ort) | a16w4 ... (qnn); see `onnxq targets T`")] = None,
     method: Annotated[Optional[str], typer.Option("--method", help="|".join(METHODS))] = None,
     percentile: Annotated[Optional[float], typer.Option("--percentile")] = None,
     recipe_file: Annotated[Optional[Path], typer.Option("--recipe", help="TOML recipe with overrides")] = None,

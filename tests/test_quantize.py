@@ -12,6 +12,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 import onnxq
+from onnxq import numerics
 from onnxq.cli import main
 from onnxq.errors import OptionError, UnknownNameError
 from onnxq.quant.recipe import Recipe
@@ -207,3 +208,46 @@ def test_nan_weight_is_a_clean_error_and_nothing_is_written(tmp_path: Path, cali
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "holds 1 NaN/Inf values and cannot be quantized" in err and "exclude" in err
     assert not out.exists()
+
+
+def _dense_model() -> onnx.ModelProto:
+    """x[2,16] → Gemm(transB, bias) → Relu → MatMul → y: the two dynamic forms, output a graph output."""
+    rng = np.random.default_rng(3)
+    w1 = numpy_helper.from_array(rng.standard_normal((32, 16)).astype(np.float32) * 0.3, "w1")  # [N, K]
+    b1 = numpy_helper.from_array(rng.standard_normal(32).astype(np.float32) * 0.1, "b1")
+    w2 = numpy_helper.from_array(rng.standard_normal((32, 8)).astype(np.float32) * 0.3, "w2")
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], transB=1, name="fc1"),
+             helper.make_node("Relu", ["h"], ["r"], name="act"),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2")]
+    graph = helper.make_graph(nodes, "dense", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 16])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 8])], [w1, b1, w2])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+def test_dynamic_precision_quantizes_products_at_run_time():
+    rng = np.random.default_rng(4)
+    samples = [{"x": rng.standard_normal((2, 16)).astype(np.float32)} for _ in range(12)]
+    model, report = onnxq.quantize(ir.serde.deserialize_model(_dense_model()), samples, precision="dynamic")
+    proto = ir.to_proto(model)
+    onnx.checker.check_model(proto, full_check=True)
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("DynamicQuantizeLinear") == 2 and ops.count("MatMulInteger") == 2
+    assert "QuantizeLinear" not in ops and "Gemm" not in ops and "MatMul" not in ops
+    assert report.layers == {"fc1": "dynamic", "fc2": "dynamic"} and report.budget_met
+    weights = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    assert [a.shape for a in weights.values() if a.dtype == np.int8] == [(16, 32), (32, 8)]  # transB undone
+    assert proto.graph.output[0].name == "y"
+    x = {"x": rng.standard_normal((2, 16)).astype(np.float32)}
+    reference = numerics.run_model(ir.serde.deserialize_model(_dense_model()), x)["y"]
+    for optimize in (False, True):  # plain ops, and ORT's fused DynamicQuantizeMatMul
+        got = numerics.make_session(numerics.model_bytes(model), optimize=optimize).run(None, x)[0]
+        assert np.linalg.norm(got - reference) / np.linalg.norm(reference) < 0.03
+
+
+def test_dynamic_precision_leaves_convolutions_and_neighbours_float(demo_path: Path, calib):
+    samples = [{"x": calib["x"][i]} for i in range(4)]
+    model, report = onnxq.quantize(onnxq.load(demo_path), samples, precision="dynamic", holdout=0)
+    proto = ir.to_proto(model)
+    ops = {n.op_type for n in proto.graph.node}
+    assert "QuantizeLinear" not in ops and "MatMulInteger" in ops and "Conv" in ops
+    assert any("no dynamic kernel for Conv" in why for why in report.kept_float.values())

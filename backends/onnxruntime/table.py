@@ -59,6 +59,18 @@ def _conv_ok(match: Match) -> str | None:
     return None
 
 
+def _dynamic_ok(match: Match) -> str | None:
+    node = match.anchor
+    weight = node.inputs[1]
+    if weight is None or weight.const_value is None or len(weight.const_value.shape) != 2:
+        return "dynamic quantization needs a constant 2-D weight"
+    attrs = {name: attr.value for name, attr in node.attributes.items()}
+    if node.op_type == "Gemm" and (attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0
+                                   or attrs.get("beta", 1.0) != 1.0):
+        return "Gemm with transA/alpha/beta has no dynamic int8 form"
+    return None
+
+
 def _chain(check_first, check_last=None):
     def check(match: Match) -> str | None:
         return check_first(match) or (check_last(match) if check_last else None)
@@ -73,6 +85,7 @@ def _compute_rows() -> tuple[PatternRow, ...]:
                 weight_axis=gemm_weight_axis, bias_input=2)
     matmul = dict(kind=RowKind.COMPUTE, precisions=COMPUTE_PRECISIONS, weight_inputs=(1,),
                   weight_axis=matmul_weight_axis)
+    dynamic = ("dynamic",)
     return (
         PatternRow("conv+relu", ("Conv", "Relu"), check=_conv_ok, **conv),
         PatternRow("conv+clip", ("Conv", "Clip"), check=_chain(_conv_ok, _relu6_like), **conv),
@@ -83,6 +96,12 @@ def _compute_rows() -> tuple[PatternRow, ...]:
         PatternRow("matmul+relu", ("MatMul", "Relu"), check=_matmul_ok, **matmul),
         PatternRow("matmul", ("MatMul",), check=_matmul_ok,
                    note="two activations: both uint8 per-tensor (QLinearMatMul)", **matmul),
+        # Dynamic: DynamicQuantizeLinear + MatMulInteger, fused by ORT into DynamicQuantizeMatMul. Only
+        # products with a constant 2-D weight; ORT's ConvInteger is slower than float Conv, so no Conv.
+        PatternRow("gemm-dynamic", ("Gemm",), RowKind.COMPUTE, dynamic, weight_inputs=(1,),
+                   weight_axis=gemm_weight_axis, check=_dynamic_ok),
+        PatternRow("matmul-dynamic", ("MatMul",), RowKind.COMPUTE, dynamic, weight_inputs=(1,),
+                   weight_axis=matmul_weight_axis, check=_dynamic_ok),
     )
 
 
@@ -105,6 +124,8 @@ def build_table(variant: str) -> CapabilityTable:
     precisions = {
         "a8w8": Precision("a8w8", activation_spec(activation), "int8", level=0),
         "a16w8": Precision("a16w8", activation_spec("uint16"), "int8", level=1),
+        # DynamicQuantizeLinear is uint8 on every platform; MatMulInteger takes int8 weights (U8S8)
+        "dynamic": Precision("dynamic", activation_spec("uint8"), "int8", level=0, dynamic=True),
     }
     return CapabilityTable(
         target=f"ort:{variant}",

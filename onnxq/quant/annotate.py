@@ -25,6 +25,7 @@ from onnxq.quant.spec import QuantSpec, weight_spec
 logger = logging.getLogger(__name__)
 
 FLOAT = "float"
+_NEXT_ROW = "<next row>"
 #: node metadata set by fuse-activations on ops that form one unit (e.g. "silu"); never split by Q/DQ
 PATTERN_KEY = "onnxq.pattern"
 
@@ -81,7 +82,7 @@ class QuantPlan:
     def activation_specs(self) -> dict[str, QuantSpec]:
         """Activation tensor name -> spec; where two annotations disagree the higher precision wins."""
         specs: dict[str, QuantSpec] = {}
-        for annotation in self.annotations:
+        for annotation in self.static_annotations():
             precision = self.table.precisions[annotation.precision]
             for value in _activation_inputs(annotation) + self.outputs_of(annotation):
                 current = specs.get(value.name)
@@ -92,12 +93,18 @@ class QuantPlan:
     def shared_links(self) -> list[tuple[str, ...]]:
         """Groups of tensor names that must share one scale (PASSTHROUGH and SHARED rows)."""
         links = []
-        for annotation in self.annotations:
+        for annotation in self.static_annotations():
             if annotation.row.kind in (RowKind.PASSTHROUGH, RowKind.SHARED):
                 names = [v.name for v in _activation_inputs(annotation) + self.outputs_of(annotation)]
                 if len(names) > 1:
                     links.append(tuple(names))
         return links
+
+    def static_annotations(self) -> list[Annotation]:
+        return [a for a in self.annotations if not self.table.precisions[a.precision].dynamic]
+
+    def dynamic_annotations(self) -> list[Annotation]:
+        return [a for a in self.annotations if self.table.precisions[a.precision].dynamic]
 
     def outputs_of(self, annotation: Annotation) -> list[ir.Value]:
         """Outputs the annotation quantizes: graph outputs too when the target runs only quantized ops."""
@@ -107,7 +114,7 @@ class QuantPlan:
         """(input, output) of clamp annotations whose input is read by nothing else: one scale, the
         output's range (see ``PatternRow.clamp``)."""
         links = []
-        for annotation in self.annotations:
+        for annotation in self.static_annotations():
             if not annotation.row.clamp or len(annotation.nodes) != 1:
                 continue
             inputs = _activation_inputs(annotation)
@@ -121,7 +128,7 @@ class QuantPlan:
         """Tensor name -> fixed range kind ("unit", "signed_unit") the target's kernel requires."""
         return {
             value.name: annotation.row.fixed_output
-            for annotation in self.annotations if annotation.row.fixed_output
+            for annotation in self.static_annotations() if annotation.row.fixed_output
             for value in self.outputs_of(annotation)
         }
 
@@ -131,7 +138,7 @@ class QuantPlan:
         if not self.table.full_offload:
             return []
         uses = []
-        for annotation in self.annotations:
+        for annotation in self.static_annotations():
             row, anchor = annotation.row, annotation.nodes[0]
             owned = set(_weight_indices(annotation)) | ({row.bias_input} if self._has_bias(annotation) else set())
             spec = self.table.precisions[annotation.precision].activation
@@ -146,7 +153,7 @@ class QuantPlan:
 
     def weights(self) -> list[WeightUse]:
         uses = []
-        for annotation in self.annotations:
+        for annotation in self.static_annotations():
             if annotation.row.kind is not RowKind.COMPUTE:
                 continue
             precision = self.table.precisions[annotation.precision]
@@ -177,7 +184,7 @@ class QuantPlan:
 
     def biases(self) -> list[BiasUse]:
         uses = []
-        for annotation in self.annotations:
+        for annotation in self.static_annotations():
             if self._has_bias(annotation):
                 row, anchor = annotation.row, annotation.nodes[0]
                 uses.append(BiasUse(anchor, row.bias_input, _activation_inputs(annotation)[0].name,
@@ -269,6 +276,8 @@ def annotate(
             reason = "kept float by fall-back" if node.name in forced else "excluded by the recipe"
             plan.decisions.append(Decision(node.name, node.op_type, reason))
             return None
+        if wanted not in row.precisions and table.precisions[wanted].dynamic:
+            return _NEXT_ROW  # a later row may have the dynamic kernel; static neighbours never do
         if wanted not in row.precisions:
             usable = [p for p in row.precisions if p in table.precisions]
             if not usable:
@@ -301,6 +310,9 @@ def annotate(
                     refusal = reason
                     continue
                 chosen = choose(node, row)
+                if chosen is _NEXT_ROW:
+                    refusal = refusal or f"no dynamic kernel for {node.op_type} on {table.target}"
+                    continue
                 if chosen is None:
                     refusal = None
                     break
@@ -310,8 +322,9 @@ def annotate(
                     continue
                 plan.annotations.append(annotation)
                 claimed.update(id(n) for n in match.nodes)
-                quantized.update(v.name for v in plan.outputs_of(annotation))
-                quantized.update(v.name for v in _activation_inputs(annotation))
+                if not table.precisions[chosen].dynamic:  # dynamic ops leave float tensors around them
+                    quantized.update(v.name for v in plan.outputs_of(annotation))
+                    quantized.update(v.name for v in _activation_inputs(annotation))
                 refusal = None
                 break
             if refusal and RowKind.COMPUTE in kinds:

@@ -147,4 +147,9 @@ def width_conversions(plan: QuantPlan, params: Mapping[str, TensorQParams]) -> l
 def build_qdq_model(model: ir.Model, plan: QuantPlan, stats: Mapping, *, method: str, percentile: float) -> int:
     """Insert Q/DQ into ``model`` (the one ``plan`` was annotated on). Returns the Q/DQ node count."""
     params = activation_qparams(plan, stats, method=method, percentile=percentile)
-    return insert_qdq(model, plan, params, width_conversions(plan, params))
+    added = insert_qdq(model, plan, params, width_conversions(plan, params))
+    if plan.dynamic_annotations():
+        from onnxq.quant.dynamic import rewrite_dynamic
+
+        added += rewrite_dynamic(model, plan)
+    return added

@@ -87,6 +87,8 @@ def required_opset(plan: QuantPlan) -> int:
         needed = max(needed, use.spec.min_opset)
     if plan.biases():
         needed = max(needed, 13)
+    if plan.dynamic_annotations():
+        needed = max(needed, 11)  # DynamicQuantizeLinear
     return needed
 
 
