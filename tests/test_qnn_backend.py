@@ -303,3 +303,39 @@ def test_export_bad_input_is_one_line_exit_2(tmp_path, capsys, make, expect):
     err = capsys.readouterr().err
     assert code == 2 and len(err.splitlines()) == 1 and expect in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def _yolo_head_model() -> onnx.ModelProto:
+    """A YOLO-style head: boxes (0..640) and scores (0..1) concatenated into one output [1, 5, 64]."""
+    rng = np.random.default_rng(5)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.4, (4, 8, 1)).astype(np.float32), "wb"),
+             numpy_helper.from_array(rng.normal(0, 0.4, (1, 8, 1)).astype(np.float32), "ws"),
+             numpy_helper.from_array(np.array(640.0, np.float32), "scale")]
+    nodes = [helper.make_node("Conv", ["x", "wb"], ["b"]), helper.make_node("Sigmoid", ["b"], ["bs"]),
+             helper.make_node("Mul", ["bs", "scale"], ["boxes"]),
+             helper.make_node("Conv", ["x", "ws"], ["s"]), helper.make_node("Sigmoid", ["s"], ["scores"]),
+             helper.make_node("Concat", ["boxes", "scores"], ["y"], axis=1, name="head_concat")]
+    graph = helper.make_graph(nodes, "yolo", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 64])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@needs_qnn
+def test_yolo_style_head_stays_on_htp_and_keeps_its_scores():
+    """One 8-bit scale for boxes (0..640) and scores (0..1) would leave the scores 0 or 2.5: the Concat
+    moves to 16 bits (not to float, which would leave the HTP) and the scores survive."""
+    import onnx_ir as ir
+
+    rng = np.random.default_rng(6)
+    calib = [{"x": rng.standard_normal((1, 8, 64)).astype(np.float32)} for _ in range(16)]
+    quantized, report = api.quantize(ir.serde.deserialize_model(_yolo_head_model()), calib, target="qnn:sm8550")
+    assert report.higher_precision.get("head_concat") == "a16w8"
+    assert "head_concat" not in report.kept_float and report.placement["full_offload"]
+    x = {"x": rng.standard_normal((1, 8, 64)).astype(np.float32)}
+    from onnxq import numerics
+
+    reference = numerics.run_model(ir.serde.deserialize_model(_yolo_head_model()), x)["y"]
+    session = runtime.session(numerics.model_bytes(quantized), "43", strict=True)
+    got = session.run(None, x)[0]
+    scores_error = np.abs(got[:, 4] - reference[:, 4]).max()
+    assert scores_error < 0.02, scores_error  # an 8-bit shared scale would be off by up to 1.25

@@ -47,6 +47,8 @@ _EQUATIONS = (
 class Page:
     image: np.ndarray  # uint8 RGB [H, W, 3]
     boxes: list[tuple[int, float, float, float, float]]  # (class, x1, y1, x2, y2) in page pixels
+    #: ink box (x1, y1, x2, y2) of every drawn line of text, table cells included, for text detectors
+    lines: list[tuple[float, float, float, float]] = dataclasses.field(default_factory=list)
 
 
 def font_source() -> str:
@@ -77,6 +79,7 @@ class _Writer:
         self.image, self.draw = image, ImageDraw.Draw(image)
         self.left, self.right, self.y, self.bottom = left, right, top, bottom
         self.boxes: list[tuple[int, float, float, float, float]] = []
+        self.lines: list[tuple[float, float, float, float]] = []
 
     def room(self, height: int) -> bool:
         return self.y + height <= self.bottom
@@ -91,7 +94,7 @@ class _Writer:
         for i, line in enumerate(lines):
             width = self.draw.textlength(line, font=font)
             x = self.left + (self.right - self.left - width) / 2 if centered else self.left
-            self.draw.text((x, self.y + i * line_height), line, font=font, fill=(20, 20, 20))
+            self._text((x, self.y + i * line_height), line, font, (20, 20, 20))
             x0, x1 = min(x0, x), max(x1, x + width)
         self._record(cls, x0, self.y, x1, self.y + line_height * len(lines) - int(font.size * 0.3))
         self.y += line_height * len(lines) + gap
@@ -130,15 +133,15 @@ class _Writer:
         for r in range(rows):
             for c in range(cols):
                 cell = f"{rng.uniform(0, 1000):.1f}" if r else f"col {c + 1}"
-                self.draw.text(
-                    (self.left + c * width // cols + 8, top + r * row_height + 4),
-                    cell,
-                    font=font,
-                    fill=(0, 0, 0),
-                )
+                x, y = self.left + c * width // cols + 8, top + r * row_height + 4
+                self._text((x, y), cell, font, (0, 0, 0))
         self._record("table", self.left, top, self.right, top + rows * row_height)
         self.y = top + rows * row_height + 20
         return True
+
+    def _text(self, xy: tuple[float, float], text: str, font, fill: tuple[int, int, int]) -> None:
+        self.draw.text(xy, text, font=font, fill=fill)
+        self.lines.append(tuple(float(v) for v in self.draw.textbbox(xy, text, font=font)))
 
     def _record(self, cls: str, x0: float, y0: float, x1: float, y1: float) -> None:
         self.boxes.append((CDLA_CLASSES.index(cls), float(x0), float(y0), float(x1), float(y1)))
@@ -184,7 +187,7 @@ def render_page(
                 writer.text_block(f"[{index + 1}] {next(words)}", small, "reference", gap=6)
     footer = _Writer(image, margin, width - margin, height - margin + 20, height)
     footer.text_block(str(rng.integers(1, 300)), small, "footer", centered=True)
-    return Page(np.asarray(image), writer.boxes + footer.boxes)
+    return Page(np.asarray(image), writer.boxes + footer.boxes, writer.lines + footer.lines)
 
 
 def layout_input(page: Page, input_size: tuple[int, int] = (608, 800)) -> tuple[np.ndarray, np.ndarray]:

@@ -67,8 +67,8 @@ def mismatched_shared_nodes(plan: QuantPlan, stats: Mapping, method: str, percen
             ratio = max(amax) / min(amax)
             decisions.append(Decision(
                 annotation.nodes[0].name, annotation.nodes[0].op_type,
-                f"inputs' ranges differ {ratio:.0f}x (e.g. box coordinates with scores): one shared scale would "
-                "flatten the small ones; kept float",
+                f"inputs' ranges differ {ratio:.0f}x (e.g. box coordinates with scores): one shared 8-bit scale "
+                "would flatten the small ones",
             ))
     return decisions
 

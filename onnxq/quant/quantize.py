@@ -277,10 +277,13 @@ def quantize(
              for name, dest in forced.items() if name not in base_forced} if result else {}
     report.kept_float = {
         **{d.node: d.reason for d in plan.decisions if d.node},
-        **{name: d.reason for name, d in dissolved.items()},
+        **{name: f"{d.reason}; kept float" for name, d in dissolved.items() if base_forced[name] == FLOAT},
         **{name: why for name, why in moved.items() if forced[name] == FLOAT},
     }
-    report.higher_precision = {name: forced[name] for name in moved if forced[name] != FLOAT}
+    report.higher_precision = {
+        **{name: base_forced[name] for name in dissolved if base_forced[name] != FLOAT},
+        **{name: forced[name] for name in moved if forced[name] != FLOAT},
+    }
     report.placement = check_placement(candidate, target)
     candidate.metadata_props[QUANT_METADATA_KEY] = json.dumps(report.summary(), sort_keys=True)
     return candidate, report
