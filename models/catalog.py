@@ -57,6 +57,22 @@ CATALOG: tuple[ModelSpec, ...] = (
         needs=("PIL", "skimage"),
     ),
     ModelSpec(
+        "ppocr_det",
+        "PP-OCRv4 mobile text detector (DBNet, paddle2onnx, opset 12) from rapidocr-onnxruntime 1.4.4",
+        "ppocr_det",
+        default_opset=None,
+        slow=True,
+        needs=("PIL", "skimage"),
+    ),
+    ModelSpec(
+        "ppocr_rec",
+        "PP-OCRv4 mobile text recognizer (SVTR, CTC, paddle2onnx, opset 12) from rapidocr-onnxruntime 1.4.4",
+        "ppocr_rec",
+        default_opset=None,
+        slow=True,
+        needs=("PIL",),
+    ),
+    ModelSpec(
         "silero_vad",
         "Silero VAD v6 (spox-written, opset 16, If on sample rate, LSTM state) from silero-vad",
         "silero_vad",

@@ -1,11 +1,12 @@
-"""Rendered document pages with known layout, for the document-layout detector.
+"""Rendered document pages with known layout, for the document-layout and text detectors.
 
 No document scans ship with any package we can install, but a layout model only needs pages that *look*
 like documents: a title, paragraphs of real sentences in a real font, a figure with a caption, a ruled table
 with a caption, an equation, references, a running header and a page number. We draw them with PIL and
-record each element's box and class (the CDLA classes the model was trained on), so detections can be
-scored against ground truth. Fonts: DejaVu (Debian ``fonts-dejavu-core``) when installed, else Pillow's
-bundled default font; the choice is recorded, since it changes the pixels.
+record each element's box and class (the CDLA classes the layout model was trained on) and the ink box of
+every line of text drawn (table cells included), so detections can be scored against ground truth.
+Fonts: DejaVu (Debian ``fonts-dejavu-core``) when installed, else Pillow's bundled default font; the choice
+is recorded, since it changes the pixels.
 """
 
 from __future__ import annotations
@@ -62,10 +63,12 @@ def _dejavu(name: str) -> Path | None:
     return None
 
 
-def _font(size: int, *, bold: bool = False, serif: bool = False):
+def dejavu_font(size: int, *, bold: bool = False, serif: bool = False, mono: bool = False):
+    """DejaVu Sans, Serif or Sans Mono (regular or bold) at ``size`` pixels; else Pillow's default font."""
     from PIL import ImageFont
 
-    name = f"DejaVu{'Serif' if serif else 'Sans'}{'-Bold' if bold else ''}.ttf"
+    family = "SansMono" if mono else "Serif" if serif else "Sans"
+    name = f"DejaVu{family}{'-Bold' if bold else ''}.ttf"
     path = _dejavu(name)
     return ImageFont.truetype(str(path), size) if path else ImageFont.load_default(size)
 
@@ -156,14 +159,15 @@ def render_page(
     width, height = size
     image = Image.new("RGB", size, (255, 255, 255))
     margin = int(width * 0.08)
-    body = _font(int(rng.integers(20, 26)), serif=bool(rng.integers(2)))
-    small = _font(18)
+    body = dejavu_font(int(rng.integers(20, 26)), serif=bool(rng.integers(2)))
+    small = dejavu_font(18)
     words = itertools.cycle(sentences)  # a short list repeats rather than failing
     writer = _Writer(image, margin, width - margin, margin // 2, height - margin)
     writer.text_block(f"Proceedings of the {rng.integers(1, 40)}th Workshop on Systems", small, "header")
     writer.y += 20
     title = " ".join(next(words).rstrip(".").split()[: int(rng.integers(3, 8))])
-    writer.text_block(title, _font(int(rng.integers(34, 44)), bold=True), "title", centered=True, gap=30)
+    title_font = dejavu_font(int(rng.integers(34, 44)), bold=True)
+    writer.text_block(title, title_font, "title", centered=True, gap=30)
     order = ["text", "figure", "text", "table", "text", "equation", "text", "reference"]
     if rng.random() < 0.5:
         order[1], order[3] = order[3], order[1]
@@ -178,7 +182,7 @@ def render_page(
         elif kind == "equation":
             writer.text_block(
                 _EQUATIONS[int(rng.integers(len(_EQUATIONS)))],
-                _font(26, serif=True),
+                dejavu_font(26, serif=True),
                 "equation",
                 centered=True,
             )

@@ -4,8 +4,9 @@ Sources (``CalibrationData.from_source``):
 
 * a ``.npz`` path (read with ``allow_pickle=False``, like every file): one array per model input, axis
   0 indexing samples. An array whose rank equals the input's rank gives sample ``i = arr[i:i+1]``; one
-  with an extra leading axis gives ``arr[i]``. Re-read from disk on every pass (a pass holds the
-  decompressed arrays). A mapping ``{input: array}`` is an in-memory ``.npz``.
+  with an extra leading axis gives ``arr[i]``. An uncompressed archive (``np.savez``) is read one sample
+  at a time, so memory does not grow with the number of samples; a compressed one is decompressed whole
+  on every pass. A mapping ``{input: array}`` is an in-memory ``.npz``.
 * a folder: its ``*.npz`` files, sorted by name, one sample each (arrays fed as stored), read lazily.
 * a list or tuple of ``{input: array}`` dicts.
 * any other iterable of dicts (generator, iterator, re-iterable object), or an ONNX Runtime
@@ -180,7 +181,8 @@ class _ArraysSource(_Source):
         stop = self.length if stop is None else min(stop, self.length)
         if start >= stop:
             return
-        arrays = {name: np.asarray(array) for name, array in self.opener().items() if name in self.stacked}
+        arrays = {name: array if isinstance(array, _NpyMember) else np.asarray(array)
+                  for name, array in self.opener().items() if name in self.stacked}
         for i in range(start, stop):
             sample = {n: (a[i] if self.stacked[n] else a[i:i + 1]) for n, a in arrays.items()}
             yield sample, f"{self.label}, sample {i}"
@@ -263,6 +265,64 @@ def _load_members(npz: Mapping[str, np.ndarray], path: Path) -> dict[str, np.nda
         raise CalibrationDataError(f"'{path}' is corrupted: {exc}") from None
 
 
+class _NpyMember:
+    """One array of an uncompressed .npz, read sample by sample (``a[i]``, ``a[i:i+1]``) with plain file
+    reads: neither the array nor a memory map of it stays resident, so a calibration pass holds one sample
+    at a time whatever the number of samples."""
+
+    def __init__(self, path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype):
+        self.path, self.offset, self.shape, self.dtype = path, offset, shape, dtype
+        self.sample_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _read(self, start: int, count: int) -> np.ndarray:
+        with open(self.path, "rb") as handle:
+            handle.seek(self.offset + start * self.sample_bytes)
+            data = handle.read(count * self.sample_bytes)
+        if len(data) != count * self.sample_bytes:
+            raise CalibrationDataError(f"'{self.path}' is truncated")
+        return np.frombuffer(data, dtype=self.dtype).reshape((count, *self.shape[1:])).copy()
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            start, stop, step = index.indices(self.shape[0])
+            if step != 1:
+                raise IndexError("only contiguous sample slices")
+            return self._read(start, max(stop - start, 0))
+        return self._read(int(index), 1)[0]
+
+
+def _mapped_members(path: Path) -> dict[str, _NpyMember] | None:
+    """Lazy members of an uncompressed .npz (``np.savez``), or None for a compressed one
+    (``np.savez_compressed``), which is decompressed whole."""
+    arrays = {}
+    try:
+        with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
+            for info in archive.infolist():
+                if info.compress_type != zipfile.ZIP_STORED:
+                    return None
+                raw.seek(info.header_offset)
+                local = raw.read(30)
+                if local[:4] != b"PK\x03\x04":
+                    return None
+                name_length = int.from_bytes(local[26:28], "little")
+                extra_length = int.from_bytes(local[28:30], "little")
+                raw.seek(info.header_offset + 30 + name_length + extra_length)
+                version = np.lib.format.read_magic(raw)
+                reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = reader(raw)
+                if dtype.hasobject or fortran or len(shape) == 0:
+                    return None  # the whole-file loader handles (or refuses) these
+                name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                arrays[name] = _NpyMember(path, raw.tell(), tuple(shape), dtype)
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return None
+    return arrays
+
+
 def _npz_header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """Shapes of the members of an .npz, read from the .npy headers without loading data."""
     shapes = {}
@@ -300,6 +360,9 @@ def _make_source(source: object, validator: _Validator) -> _Source:
         shapes = _npz_header_shapes(path)
 
         def opener() -> Mapping[str, np.ndarray]:
+            mapped = _mapped_members(path)
+            if mapped is not None:
+                return mapped
             with _open_npz(path) as npz:
                 return _load_members(npz, path)
 

@@ -3,6 +3,7 @@
     python -m tools.bench.qnn --quick                  # digits_cnn, 4 eval samples: checks that all runs
     python -m tools.bench.qnn --json .cache/bench/qnn.json --update-md
     python -m tools.bench.qnn --models minilm --eval-samples 4
+    python -m tools.bench.qnn --from-json .cache/bench/qnn.json --update-md   # re-render, no run
 
 Exit status: 0 when the run completed (a tool's failure is a result, shown in the tables); in ``--quick``
 mode, 1 when a tool produced no model that ran on the simulator with fidelity numbers, or the QNN EP is
@@ -40,6 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path, default=CACHE / "qnn-runs")
     parser.add_argument("--zoo-dir", type=Path, default=CACHE / "zoo", help="built zoo models (built if missing)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per child process")
+    parser.add_argument("--from-json", type=Path, help="render a saved result (no run): tables, --update-md")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress log")
     return parser.parse_args(argv)
 
@@ -64,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     options = options_from(args)
     command = shlex.join(["python", "-m", "tools.bench.qnn", *(sys.argv[1:] if argv is None else argv)])
-    result = runner.run_benchmark(options, command=command)
+    if args.from_json:
+        result = json.loads(args.from_json.read_text())
+    else:
+        result = runner.run_benchmark(options, command=command)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
