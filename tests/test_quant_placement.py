@@ -186,3 +186,24 @@ def test_activation_dtype_per_variant(variant, dtype):
     proto = ir.to_proto(model)
     q = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear")
     assert _init(proto, q.input[2]).dtype == dtype
+
+
+def test_compute_ops_inside_subgraphs_are_reported_not_silently_skipped():
+    from onnx import helper, TensorProto
+
+    then_graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["t"])], "then", [],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, [2, 4])])
+    else_graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["e"])], "else", [],
+        [helper.make_tensor_value_info("e", TensorProto.FLOAT, [2, 4])])
+    w = onnx.numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("If", ["c"], ["y"], name="branch", then_branch=then_graph, else_branch=else_graph)], "g",
+        [helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], [w])
+    model = ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    plan = annotate(model, resolve_target("ort").table())
+    assert [(d.node, d.reason) for d in plan.decisions] == [
+        ("branch", "its subgraphs hold 1 compute ops that are not quantized (subgraphs stay float)")]

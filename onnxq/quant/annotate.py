@@ -332,5 +332,13 @@ def annotate(
 
     sweep({RowKind.COMPUTE})
     sweep({RowKind.ELEMENTWISE, RowKind.PASSTHROUGH, RowKind.SHARED})
+    for node in nodes:  # say so, rather than leave a model with its work in a branch "0 layers quantized"
+        inner = [n for attr in node.attributes.values() if attr.type in (ir.AttributeType.GRAPH,
+                 ir.AttributeType.GRAPHS) for g in (attr.value if isinstance(attr.value, list) else [attr.value])
+                 for n in ir.traversal.RecursiveGraphIterator(g)]
+        compute_ops = sum(1 for n in inner if any(r.kind is RowKind.COMPUTE for r in table.rows_for(n.op_type)))
+        if compute_ops:
+            plan.decisions.append(Decision(node.name, node.op_type, f"its subgraphs hold {compute_ops} compute ops "
+                                                                    "that are not quantized (subgraphs stay float)"))
     return plan
 
