@@ -90,7 +90,7 @@ def quantize_weight(
     """
     w = np.asarray(w)
     if spec.granularity is Granularity.PER_TENSOR:
-        scale, zero = qparams_from_range(w.min(), w.max(), spec, name=name)
+        scale, zero = qparams_from_range(w.min(), w.max(), spec, name=name, warn=False)
         if min_scale is not None:
             scale = np.maximum(scale, np.max(min_scale)).astype(np.float32)
         return quantize(w, scale, zero, spec), scale, zero
