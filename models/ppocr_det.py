@@ -12,8 +12,8 @@ multiples of 32), BGR, ``(x / 255 - 0.5) / 0.5``. Output ``sigmoid_0.tmp_0`` [N,
 probability of lying in a text kernel (a text line shrunk towards its centre line).
 
 Preprocessing follows rapidocr's ``DetPreProcess`` (resize so both sides are multiples of 32, normalise as
-above), at one fixed size so samples stack: rendered pages (1216 x 1600) become 640 x 832. Text is then
-9-23 px high, which the model finds reliably (see the build's metrics).
+above), at one fixed size so samples stack: rendered pages (1216 x 1600) become 640 x 832 (rapidocr would
+run them at full size), which sets fonts at 9-23 px; the model still finds every line (see the metrics).
 
 Data: rendered pages (``models.datasets.documents``: title, paragraphs, a ruled table, an equation, a
 photo, references, header, page number), 32 for calibration and 16 for evaluation, with disjoint
