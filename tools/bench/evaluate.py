@@ -124,7 +124,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     fp32 = make_session(args.fp32, threads)
     reference = run_all(fp32, feeds)
     result: dict[str, Any] = {"samples": len(feeds), "threads": threads, "fp32": {}, "candidates": {}}
-    if task := tasks.score(args.model, reference, labels):
+    if task := tasks.score(args.model, reference, labels, reference=reference):
         result["task_metric"], result["fp32"]["task"] = task.metric, task.value
     timed = []
     for spec in args.candidate:
@@ -141,7 +141,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             continue
         entry["outputs"] = compare_outputs(reference, outputs)
         in_order = [{name: o[name] for name in reference[0] if name in o} for o in outputs]
-        if task := tasks.score(args.model, in_order, labels):
+        if task := tasks.score(args.model, in_order, labels, reference=reference):
             entry["task"] = task.value
         timed.append((name, session))
     if args.rounds > 0:

