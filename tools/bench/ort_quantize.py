@@ -5,6 +5,7 @@
 1. ``quant_pre_process`` (symbolic + ONNX shape inference, ORT basic optimization). It crashes on many
    third-party models (see NOTES.md), so a failure is recorded as "pre-process failed: ..." and the
    original model is quantized instead — what a user following the docs would end up doing.
+   (``--precision dynamic``: ``quantize_dynamic`` with int8 weights instead, no calibration.)
 2. ``quantize_static`` in QDQ format, per-channel weights, U8 activations / S8 weights (what ORT's x86
    int8 kernels want), MinMax calibration, fed by a ``CalibrationDataReader`` over the same npz as every
    other tool (one sample per batch, batch axes as the zoo record says).
@@ -47,6 +48,13 @@ def quantize(model: Path, calib: Path, out: Path, batch_axes: dict, precision: s
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    if precision == "dynamic":  # ORT's documented dynamic path: quantize_dynamic, int8 weights
+        from onnxruntime.quantization import quantize_dynamic
+
+        start = time.perf_counter()
+        quantize_dynamic(str(model), str(out), weight_type=QuantType.QInt8)
+        return {"onnxruntime": onnxruntime.__version__, "notes": ["quantize_dynamic (no calibration)"],
+                "quantize_s": time.perf_counter() - start}
     if precision not in PRECISIONS:
         raise SystemExit(f"ORT child: precision '{precision}' not mapped; known: {', '.join(PRECISIONS)}")
     activation, weight = (getattr(QuantType, name) for name in PRECISIONS[precision])

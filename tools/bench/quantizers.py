@@ -24,7 +24,7 @@ from tools.bench import modelopt_env
 from tools.bench.zoo import ZooModel
 
 #: precisions each tool's child maps (onnxq: whatever its target table has; it rejects others itself)
-ORT_PRECISIONS = ("a8w8", "a16w8")
+ORT_PRECISIONS = ("a8w8", "a16w8", "dynamic")
 MODELOPT_PRECISIONS = ("a8w8",)
 
 
