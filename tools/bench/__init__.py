@@ -18,6 +18,8 @@ importable without the rest. One module, one job:
 * ``environment``       — machine and package versions for the record.
 * ``render``            — tables (console and BENCHMARKS.md section).
 * ``runner``            — the core loop: models × precisions × tools → one JSON-able result.
+* ``qnn``               — subpackage: the same zoo quantized for Qualcomm's HTP by onnxq and by ORT's QNN
+                          recipe, measured on the QNN simulator (``python -m tools.bench.qnn``).
 
 Nothing here imports torch, onnxq or a quantizer at import time: ``import tools.bench`` is cheap.
 """

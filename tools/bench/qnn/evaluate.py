@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 import traceback
@@ -84,15 +85,32 @@ def node_count(path: Path) -> int:
 RECORD_ASSIGNMENT = {"session.record_ep_graph_assignment_info": "1"}
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class SessionFailed(Exception):
+    """Session creation failed; ``log`` holds the runtime's own error lines (the why, where it says)."""
+
+    def __init__(self, error: Exception, log: list[str]) -> None:
+        super().__init__(first_line(error))
+        self.log = log
+
+
 def qnn_session(candidate: Path, soc: str, *, strict: bool):
-    """A simulator session (``onnxq.backends.qnn.runtime``'s options) that records which EP got each node."""
+    """A simulator session (``onnxq.backends.qnn.runtime``'s options) that records which EP got each node;
+    raises ``SessionFailed`` with the error lines the runtime logged."""
     import onnxruntime as ort
 
     from onnxq.backends.qnn import runtime
 
-    with runtime.captured_stderr():
-        options = runtime.session_options(soc, strict=strict, config=RECORD_ASSIGNMENT)
-        return ort.InferenceSession(str(candidate), sess_options=options)
+    captured: list[str] = []
+    try:
+        with runtime.captured_stderr() as captured:
+            options = runtime.session_options(soc, strict=strict, config=RECORD_ASSIGNMENT)
+            return ort.InferenceSession(str(candidate), sess_options=options)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the log that explains it
+        errors = [_ANSI.sub("", line).strip() for line in captured if "[E:" in line]
+        raise SessionFailed(exc, [line.split("] ", 1)[-1][:400] for line in errors[:3]]) from exc
 
 
 def assignment(session) -> dict[str, Any]:
@@ -121,9 +139,9 @@ def check_offload(candidate: Path, soc: str) -> dict[str, Any]:
     try:
         session = qnn_session(candidate, soc, strict=True)
         record.update(full_offload=True, refused={}, refused_ops=[], ran_on="HTP only (strict session)")
-    except Exception as exc:  # noqa: BLE001 - the runtime's refusal is the measurement
+    except SessionFailed as exc:  # the runtime's refusal is the measurement
         session = None
-        record.update(full_offload=False, strict_error=first_line(exc))
+        record.update(full_offload=False, strict_error=str(exc), strict_log=exc.log)
     record["strict_session_s"] = time.perf_counter() - start
     if session is None:
         start = time.perf_counter()
@@ -135,8 +153,8 @@ def check_offload(candidate: Path, soc: str) -> dict[str, Any]:
         try:
             session = qnn_session(candidate, soc, strict=False)
             record["ran_on"] = "HTP + CPU fallback"
-        except Exception as exc:  # noqa: BLE001 - a model the simulator cannot even load is a result
-            record["session_error"] = first_line(exc)
+        except SessionFailed as exc:  # a model the simulator cannot even load is a result
+            record.update(session_error=str(exc), session_log=exc.log)
         record["placement_s"] = time.perf_counter() - start
     if session is not None:
         record.update(assignment(session))

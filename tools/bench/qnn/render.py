@@ -7,6 +7,7 @@ numbers, never written by hand, so a rerun refreshes them with the tables.
 from __future__ import annotations
 
 import math
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -73,11 +74,17 @@ def _precision(tool: str, record: dict[str, Any]) -> str:
     return text
 
 
+_ORT_PREFIX = re.compile(r"^\w*:? ?\[ONNXRuntimeError\] : \d+ : \w+ : ")
+
+
 def _status(record: dict[str, Any]) -> str:
     status = str(record.get("status", "not run"))
     problems = [record[key] for key in ("evaluation_error",) if record.get(key)]
-    problems += [record["simulator"][key] for key in ("run_error", "session_error")
-                 if record.get("simulator", {}).get(key)]
+    simulator = record.get("simulator", {})
+    problems += [simulator[key] for key in ("run_error", "session_error") if simulator.get(key)]
+    problems = [_ORT_PREFIX.sub("", problem) for problem in problems]
+    if simulator.get("session_log"):
+        problems[-1] += f" ({simulator['session_log'][0]})"
     short = [s for prefix, s in cpu_render.NOTE_SHORT.items()
              if any(n.startswith(prefix) for n in record.get("notes", []))]
     if any(n.startswith("dynamic dims fixed") for n in record.get("notes", [])):
@@ -89,12 +96,14 @@ def _status(record: dict[str, Any]) -> str:
     text = status if not short else f"{status} ({'; '.join(short)})"
     if problems:
         text += "; simulator: " + "; ".join(problems)
-    return text.replace("|", "/")[:220]
+    return text.replace("|", "/")[:400]
 
 
 COLUMNS = ["tool", "status", "precision", "full offload", "nodes on HTP / partitioned", "left to CPU",
            "task metric", "top-1 agreement", "worst SQNR dB", "worst rel. L2", "min cosine", "quantize s",
-           "peak RSS MiB"]
+           "peak RSS MiB", "simulator s / sample"]
+#: below this worst-output SQNR a model is far from FP32 whatever the other tool did
+POOR_SQNR_DB = 10.0
 
 
 def model_table(name: str, model: dict[str, Any], tools: list[str]) -> list[str]:
@@ -106,7 +115,7 @@ def model_table(name: str, model: dict[str, Any], tools: list[str]) -> list[str]
     if metric:
         lines += [f"Task metric: {metric}; FP32 on the same {model.get('samples')} eval samples: {fp32_task}.",
                   ""]
-    lines += ["| " + " | ".join(COLUMNS) + " |", "|---|---|---|---|---:|---|" + "---:|" * 7]
+    lines += ["| " + " | ".join(COLUMNS) + " |", "|---|---|---|---|---:|---|" + "---:|" * 8]
     for tool in tools:
         record = model.get("results", {}).get(tool)
         if record is None:
@@ -119,7 +128,8 @@ def model_table(name: str, model: dict[str, Any], tools: list[str]) -> list[str]
                  _number(record.get("worst_sqnr_db") if ok else None, "{:.1f}"),
                  _number(record.get("worst_relative_l2") if ok else None, "{:.4f}"),
                  _number(record.get("min_cosine") if ok else None, "{:.4f}"),
-                 _number(record.get("wall_s"), "{:.1f}"), _number(record.get("peak_rss_mib"), "{:.0f}")]
+                 _number(record.get("wall_s"), "{:.1f}"), _number(record.get("peak_rss_mib"), "{:.0f}"),
+                 _number(record.get("simulator", {}).get("simulator_s_per_sample"), "{:.3g}")]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     notes = sorted({note for record in model.get("results", {}).values() for note in record.get("notes", [])
@@ -151,11 +161,15 @@ def reading(result: dict[str, Any]) -> str:
     sentences = []
     for tool in result["options"]["tools"]:
         label = LABELS.get(tool, tool)
-        full = [n for n, m in models.items() if (_tool_ok(m, tool) or {}).get("simulator", {}).get("full_offload")]
-        failed = [n for n, m in models.items() if m["results"].get(tool, {}).get("status") != "ok"]
-        partial = [n for n in models if n not in full and n not in failed]
+        records = {n: m["results"].get(tool, {}) for n, m in models.items()}
+        failed = [n for n, r in records.items() if r.get("status") != "ok"]
+        full = [n for n, r in records.items() if n not in failed and r.get("simulator", {}).get("full_offload")]
+        partial = [n for n, r in records.items() if n not in failed and n not in full
+                   and "partitioned_nodes" in r.get("simulator", {})]
+        unloaded = [n for n in records if n not in failed + full + partial]
         text = f"{label} produced a fully offloaded model (strict session created) for {len(full)} of {len(models)}"
-        text += f" models; partly offloaded: {_names(partial)}; failed to quantize: {_names(failed)}"
+        text += (f" models; partly offloaded: {_names(partial)}; not loadable on the simulator at all: "
+                 f"{_names(unloaded)}; failed to quantize: {_names(failed)}")
         sentences.append(text)
     if {"onnxq", "ort"} <= set(result["options"]["tools"]):
         better, worse = [], []
@@ -178,6 +192,14 @@ def reading(result: dict[str, Any]) -> str:
         if slower:
             sentences.append("onnxq takes more than twice the recipe's quantization time on "
                              f"{_names(slower)}: its time includes its own verification rounds on the simulator")
+    poor = []
+    for name, model in models.items():
+        cells = [f"{LABELS.get(t, t)} {r['worst_sqnr_db']:.1f} dB" for t, r in model["results"].items()
+                 if _ok(r) and r.get("worst_sqnr_db") is not None and r["worst_sqnr_db"] < POOR_SQNR_DB]
+        if cells:
+            poor.append(f"{name} ({', '.join(cells)})")
+    if poor:
+        sentences.append(f"Worst-output SQNR below {POOR_SQNR_DB:.0f} dB (far from FP32): {_names(poor)}")
     over = [n for n, m in models.items()
             if (m["results"].get("onnxq", {}).get("onnxq_report") or {}).get("budget_met") is False]
     if over:
@@ -198,6 +220,13 @@ def findings(result: dict[str, Any]) -> list[str]:
             found.append(f"{name}: onnxq {ours.get('status')}")
             continue
         simulator = ours.get("simulator", {})
+        report = ours.get("onnxq_report") or {}
+        if report.get("budget_met") is False:
+            found.append(f"{name}: onnxq's own verification missed its error budget ({report.get('error'):.3g} > "
+                         f"{report.get('max_error')}) and it wrote the model anyway ({_precision('onnxq', ours)})")
+        if _ok(ours) and ours.get("worst_sqnr_db") is not None and ours["worst_sqnr_db"] < POOR_SQNR_DB:
+            found.append(f"{name}: onnxq's model is far from FP32 on the simulator (worst-output SQNR "
+                         f"{ours['worst_sqnr_db']:.1f} dB, relative L2 {ours.get('worst_relative_l2', float('nan')):.3g})")
         if simulator and not simulator.get("full_offload"):
             found.append(f"{name}: onnxq's model is not fully offloaded (left to CPU: {_cpu_ops(ours)}; strict "
                          f"session: {simulator.get('strict_error')})")
@@ -236,7 +265,8 @@ def _preamble(result: dict[str, Any]) -> list[str]:
         "created (`onnxq.backends.qnn.runtime.session(..., strict=True)`, graph I/O quantization kept on the "
         "HTP); nodes on HTP / partitioned = ORT's record of node assignment (`session.record_ep_graph_"
         "assignment_info`), counted after ORT's graph optimizations; \"left to CPU\" = op types ORT gave the "
-        f"CPU provider. Fidelity: the first {o['eval_samples']} eval samples (never calibration data; the "
+        "CPU provider; \"simulator s / sample\" is the median time of one run in simulation on this CPU, not "
+        f"device latency. Fidelity: the first {o['eval_samples']} eval samples (never calibration data; the "
         "simulator is slow), run on the simulator (with CPU fallback where full offload failed), against the "
         "FP32 file on ORT CPU fed the same arrays; the CPU benchmark's metrics (task metric where the zoo has "
         "labels, top-1 agreement of `logits` or the first [N, C] output, worst-output SQNR and relative L2, "
