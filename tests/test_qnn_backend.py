@@ -339,3 +339,33 @@ def test_yolo_style_head_stays_on_htp_and_keeps_its_scores():
     got = session.run(None, x)[0]
     scores_error = np.abs(got[:, 4] - reference[:, 4]).max()
     assert scores_error < 0.02, scores_error  # an 8-bit shared scale would be off by up to 1.25
+
+
+def _masked_attention_model() -> onnx.ModelProto:
+    """Scores + (1 - mask) * finfo(float32).min → Softmax: the attention-mask idiom of BERT exports."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=(16, 16)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+             numpy_helper.from_array(np.array(np.finfo(np.float32).min, np.float32), "big")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["s"]), helper.make_node("Sub", ["one", "mask"], ["inv"]),
+             helper.make_node("Mul", ["inv", "big"], ["b"]), helper.make_node("Add", ["s", "b"], ["l"]),
+             helper.make_node("Softmax", ["l"], ["y"], axis=-1)]
+    graph = helper.make_graph(nodes, "masked", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16]),
+                                                helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)], ir_version=8)
+
+
+@needs_qnn
+def test_attention_mask_sentinel_does_not_flatten_the_softmax():
+    """A -3.4e38 mask used to set the scores' scale to 1e36: every score rounded to 0, Softmax uniform."""
+    import onnx_ir as ir
+
+    rng = np.random.default_rng(1)
+    calib = []
+    for _ in range(24):
+        mask = np.ones((1, 16), np.float32)
+        mask[0, rng.integers(8, 16):] = 0
+        calib.append({"x": rng.normal(size=(1, 8, 16)).astype(np.float32), "mask": mask})
+    _, report = api.quantize(ir.serde.deserialize_model(_masked_attention_model()), calib, target="qnn:sm8550")
+    assert report.error < 0.05 and report.placement["full_offload"], (report.error, report.placement)

@@ -104,6 +104,15 @@ def activation_qparams(
         lo, hi = tensor_range(stats, name, spec, method, percentile)
         old = ranges.get(root)
         ranges[root] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
+    for root, (lo, hi) in list(ranges.items()):
+        ranges[root] = qparams.clip_sentinels(lo, hi)
+    # Softmax inputs: values more than ``span`` below the top only round to zero probability anyway.
+    for name, span in plan.input_spans().items():
+        root = groups.find(name)
+        if name in specs and root in ranges:
+            lo, hi = ranges[root]
+            if hi - lo > span:
+                ranges[root] = (max(lo, hi - span), hi)
     # A kernel-imposed range (Sigmoid's [0, 1] on QNN) wins over calibration for its whole group.
     for name, kind in plan.fixed_outputs().items():
         if name in specs:

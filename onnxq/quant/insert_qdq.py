@@ -166,6 +166,10 @@ def insert_qdq(model: ir.Model, plan: QuantPlan, activations: dict[str, TensorQP
     for use in sorted(weight_uses, key=lambda u: (u.node.name, u.input_index)):
         weight = use.node.inputs[use.input_index]
         array = weight.const_value.numpy()
+        if use.spec.granularity.value == "per-tensor" and not use.spec.symmetric:
+            # a constant activation-like input (full offload): a mask's -3.4e38 becomes -1e4, see SENTINEL
+            array = np.clip(array, -qparams.SENTINEL_LIMIT, qparams.SENTINEL_LIMIT) if np.any(
+                np.abs(array) >= qparams.SENTINEL) else array
         q_array, scale, zero = qparams.quantize_weight(
             array, use.spec, name=weight.name, min_scale=min_scales.get((id(use.node), use.input_index))
         )

@@ -255,7 +255,12 @@ def quantize(
         budget = recipe.max_error
         for attempt in range(3):
             say(f"verifying on {target.name} ({len(holdout)} samples)")
-            report.output_errors = measure(candidate, holdout, False)
+            try:
+                report.output_errors = measure(candidate, holdout, False)
+            except Exception as error:  # noqa: BLE001 - the runtime's own exception types
+                logger.warning("%s could not run the quantized model (%s); the error reported is the CPU "
+                               "stand-in's", target.name, str(error).splitlines()[0] if str(error) else error)
+                break
             report.error = max(report.output_errors.values(), default=0.0)
             proxy_error = result.error
             if report.error <= recipe.max_error or not recipe.fallback or attempt == 2 or proxy_error <= 0 \
