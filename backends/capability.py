@@ -115,9 +115,6 @@ class PatternRow:
     #: quantized with the clamp's output range and scale, so the quantizer does the clamping and the
     #: runtime drops the op (QNN folds Relu/Clip this way) instead of wasting levels on the cut-off part
     clamp: bool = False
-    #: Softmax: its input never needs to span more than this below its maximum (exp(-30) ~ 1e-13, under any
-    #: output step), so an attention mask's -3.4e38 does not blow the input's scale up to 1e36
-    input_span: float | None = None
 
     def __post_init__(self) -> None:
         if self.fixed_output not in (None, *FIXED_RANGES):

@@ -367,5 +367,13 @@ def test_attention_mask_sentinel_does_not_flatten_the_softmax():
         mask = np.ones((1, 16), np.float32)
         mask[0, rng.integers(8, 16):] = 0
         calib.append({"x": rng.normal(size=(1, 8, 16)).astype(np.float32), "mask": mask})
-    _, report = api.quantize(ir.serde.deserialize_model(_masked_attention_model()), calib, target="qnn:sm8550")
-    assert report.error < 0.05 and report.placement["full_offload"], (report.error, report.placement)
+    quantized, report = api.quantize(ir.serde.deserialize_model(_masked_attention_model()), calib,
+                                     target="qnn:sm8550")
+    assert report.budget_met and report.error < 0.1 and report.placement["full_offload"], report.error  # was 0.92
+    from onnxq import numerics
+
+    mask = np.ones((1, 16), np.float32)
+    mask[0, 10:] = 0
+    probabilities = numerics.run_model(quantized, {"x": rng.normal(size=(1, 8, 16)).astype(np.float32),
+                                                   "mask": mask})["y"]
+    assert probabilities[..., 10:].max() < 0.01  # masked keys get no attention

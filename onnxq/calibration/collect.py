@@ -56,8 +56,8 @@ class _TensorObservers:
     def stats(self, name: str) -> TensorStats:
         source = self.histogram if self.histogram is not None else self.minmax
         if source.nonfinite:
-            logger.warning("tensor '%s': %d NaN/Inf values were ignored by calibration",
-                           name, source.nonfinite)
+            logger.info("tensor '%s': %d NaN/Inf/sentinel (|x| >= 1e30) values were left out of its range",
+                        name, source.nonfinite)
         return TensorStats(name, source.min, source.max, self.histogram, self.axis,
                            source.count, source.nonfinite)
 

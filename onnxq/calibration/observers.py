@@ -40,15 +40,20 @@ MIN_EXPONENT = -1074
 CHUNK = 1 << 20
 
 
+#: Magnitudes from here up are sentinels, not data (an attention mask's finfo(float32).min): they are left
+#: out of the statistics like NaN/Inf, and counted, so one mask value does not set a tensor's scale to 1e36.
+SENTINEL = 1e30
+
+
 def _finite(array: np.ndarray) -> tuple[np.ndarray, int]:
-    """(finite values as a flat array, number of non-finite values dropped)."""
+    """(finite, non-sentinel values as a flat array, number of values dropped)."""
     flat = np.ravel(array)
-    if flat.dtype.kind not in "fc":
+    if flat.dtype.kind not in "fc" or flat.size == 0:
         return flat, 0
     lo, hi = np.min(flat), np.max(flat)
-    if np.isfinite(lo) and np.isfinite(hi):
+    if np.isfinite(lo) and np.isfinite(hi) and -SENTINEL < lo and hi < SENTINEL:
         return flat, 0
-    keep = np.isfinite(flat)
+    keep = np.isfinite(flat) & (np.abs(flat) < SENTINEL)
     return flat[keep], int(flat.size - np.count_nonzero(keep))
 
 

@@ -124,18 +124,6 @@ class QuantPlan:
                 links.append((inputs[0].name, outputs[0].name))
         return links
 
-    def input_spans(self) -> dict[str, float]:
-        """Activation input -> the span its range may be cut to below its maximum (``PatternRow.input_span``),
-        for inputs read by nothing else."""
-        spans = {}
-        for annotation in self.static_annotations():
-            if annotation.row.input_span is None:
-                continue
-            for value in _activation_inputs(annotation):
-                if len(list(value.uses())) == 1 and not value.is_graph_output():
-                    spans[value.name] = annotation.row.input_span
-        return spans
-
     def fixed_outputs(self) -> dict[str, str]:
         """Tensor name -> fixed range kind ("unit", "signed_unit") the target's kernel requires."""
         return {

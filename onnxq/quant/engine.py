@@ -49,7 +49,15 @@ class _UnionFind:
 
 
 def tensor_range(stats, name: str, spec, method: str, percentile: float) -> tuple[float, float]:
-    rmin, rmax = stats[name].range(method, qdtype=spec.dtype, symmetric=spec.symmetric, percentile=percentile)
+    tensor = stats[name]
+    seen_lo, seen_hi = tensor.min, tensor.max
+    if getattr(tensor, "nonfinite", 0) and seen_lo is not None and np.ndim(seen_lo) == 0 and \
+            float(seen_hi) - float(seen_lo) <= 1e-12 * max(1.0, abs(float(seen_hi))):
+        # Nothing but one value and sentinels (a mask bias: 0 where attended, -3.4e38 elsewhere): keep the
+        # sentinel as a large finite step so masking survives; where real data spans a range, sentinels just
+        # clamp to its ends (a masked score to the lowest real score).
+        return min(float(seen_lo), -qparams.SENTINEL_LIMIT), float(seen_hi)
+    rmin, rmax = tensor.range(method, qdtype=spec.dtype, symmetric=spec.symmetric, percentile=percentile)
     return float(np.min(rmin)), float(np.max(rmax))
 
 
@@ -104,15 +112,6 @@ def activation_qparams(
         lo, hi = tensor_range(stats, name, spec, method, percentile)
         old = ranges.get(root)
         ranges[root] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
-    for root, (lo, hi) in list(ranges.items()):
-        ranges[root] = qparams.clip_sentinels(lo, hi)
-    # Softmax inputs: values more than ``span`` below the top only round to zero probability anyway.
-    for name, span in plan.input_spans().items():
-        root = groups.find(name)
-        if name in specs and root in ranges:
-            lo, hi = ranges[root]
-            if hi - lo > span:
-                ranges[root] = (max(lo, hi - span), hi)
     # A kernel-imposed range (Sigmoid's [0, 1] on QNN) wins over calibration for its whole group.
     for name, kind in plan.fixed_outputs().items():
         if name in specs:

@@ -20,15 +20,13 @@ logger = logging.getLogger(__name__)
 
 #: Smallest scale we emit: below this, float32 arithmetic in the runtimes loses the value.
 MIN_SCALE = 1e-9
-#: Magnitudes from here up are sentinels (an attention mask's -3.4e38 = finfo(float32).min), not data: a
-#: range that includes one is cut to ``SENTINEL_LIMIT``, still far beyond any real value, so the scale of
-#: the tensor (and the requantization ratios of the ops around it) stay representable.
+#: Magnitudes from here up are sentinels (an attention mask's -3.4e38 = finfo(float32).min), not data;
+#: calibration leaves them out (see ``onnxq.calibration.observers``). A constant or a tensor that holds
+#: only sentinels and one value gets ``SENTINEL_LIMIT`` instead: far beyond any real value, yet a scale
+#: (and requantization ratios around it) that stays representable.
 SENTINEL = 1e30
 SENTINEL_LIMIT = 1e4
 
-
-def clip_sentinels(lo: float, hi: float) -> tuple[float, float]:
-    return (max(lo, -SENTINEL_LIMIT) if lo <= -SENTINEL else lo), (min(hi, SENTINEL_LIMIT) if hi >= SENTINEL else hi)
 
 
 def qparams_from_range(
