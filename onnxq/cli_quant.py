@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from onnxq import model_io, numerics
-from onnxq.errors import OutputPathError
+from onnxq.errors import OutputPathError, VerificationError
 from onnxq.backends.registry import all_targets, resolve_target
 from onnxq.cli_common import FLAGS, info, parse_input_shapes, progress_bar, stderr, stdout
 from onnxq.compare import compare_models
@@ -81,6 +81,12 @@ def quantize(
     if not FLAGS.quiet:
         _print_report(report)
     info(f"wrote {output}")
+    if report.holdout_samples and not report.budget_met:
+        # Written for inspection, but a pipeline must not ship it as if it did its job.
+        raise VerificationError(
+            f"accuracy budget {report.max_error:g} not met on {report.target} (worst output error "
+            f"{report.error:.4g}); {output} was written for inspection; see --report, raise --max-error or "
+            f"choose a higher --precision")
 
 
 def report_samples(calib, model, recipe: Recipe):

@@ -251,3 +251,16 @@ def test_dynamic_precision_leaves_convolutions_and_neighbours_float(demo_path: P
     ops = {n.op_type for n in proto.graph.node}
     assert "QuantizeLinear" not in ops and "MatMulInteger" in ops and "Conv" in ops
     assert any("no dynamic kernel for Conv" in why for why in report.kept_float.values())
+
+
+def test_cli_over_budget_writes_the_model_but_exits_1(tmp_path: Path, calib, capsys):
+    source = tmp_path / "demo.onnx"
+    onnx.save(DEMO.build(), source)
+    data = tmp_path / "calib.npz"
+    np.savez(data, **calib)
+    out, report = tmp_path / "q.onnx", tmp_path / "r.json"
+    code = main(["quantize", str(source), "-o", str(out), "--calib", str(data), "--no-fallback",
+                 "--max-error", "1e-6", "--report", str(report)])
+    err = capsys.readouterr().err
+    assert code == 1 and "accuracy budget 1e-06 not met" in err.splitlines()[-1]
+    assert out.exists() and not json.loads(report.read_text())["budget_met"]

@@ -95,7 +95,7 @@ def model_facts(path: Path) -> dict[str, Any]:
     def walk(graph: onnx.GraphProto) -> int:
         count = 0
         for node in graph.node:
-            count += node.op_type in ("QuantizeLinear", "DequantizeLinear")
+            count += node.op_type in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger")
             for attribute in node.attribute:
                 count += sum(walk(g) for g in ([attribute.g] if attribute.HasField("g") else attribute.graphs))
         return count
