@@ -133,7 +133,7 @@ def model_table(name: str, model: dict[str, Any], tools: list[str]) -> list[str]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     notes = sorted({note for record in model.get("results", {}).values() for note in record.get("notes", [])
-                    if note.startswith("eval input")})
+                    if note.startswith(("eval input", "this row is from a later run"))})
     lines += [f"Note: {note}." for note in notes] + ([""] if notes else [])
     lines.append("Commands:")
     lines.append("")
