@@ -213,15 +213,15 @@ def test_npz_stack_errors(model, tmp_path: Path):
 def test_uncompressed_npz_is_read_one_sample_at_a_time(tmp_path):
     """np.savez archives are read per sample (memory flat in the sample count); savez_compressed whole.
     Both give the same samples."""
-    from onnxq.calibration import data as calibration_data
+    from onnxq.calibration import npz as calibration_data
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((10, 1, 3, 4, 4)).astype(np.float32)
     plain, packed = tmp_path / "plain.npz", tmp_path / "packed.npz"
     np.savez(plain, x=x)
     np.savez_compressed(packed, x=x)
-    members = calibration_data._mapped_members(plain)
-    assert isinstance(members["x"], calibration_data._NpyMember) and len(members["x"]) == 10
-    assert calibration_data._mapped_members(packed) is None
+    members = calibration_data.lazy_members(plain)
+    assert isinstance(members["x"], calibration_data.NpyMember) and len(members["x"]) == 10
+    assert calibration_data.lazy_members(packed) is None
     np.testing.assert_array_equal(members["x"][3], x[3])
     np.testing.assert_array_equal(members["x"][2:5], x[2:5])

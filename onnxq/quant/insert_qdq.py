@@ -22,7 +22,7 @@ from onnxq import runtime_compat
 from onnxq.errors import OpsetError
 from onnxq.quant import qparams
 from onnxq.quant.annotate import QuantPlan
-from onnxq.quant.spec import QuantSpec
+from onnxq.quant.spec import Granularity, QuantSpec
 
 logger = logging.getLogger(__name__)
 
@@ -121,13 +121,7 @@ def insert_qdq(model: ir.Model, plan: QuantPlan, activations: dict[str, TensorQP
         output_slots = [i for i, out in enumerate(model.graph.outputs) if out is value]
         if not uses and not output_slots:
             continue
-        scale = _const(model, names, f"{name}_scale", np.asarray(params.scale, np.float32).reshape(()))
-        zero = _const(model, names, f"{name}_zero_point", np.asarray(params.zero_point).reshape(()))
-        q = ir.node("QuantizeLinear", [value, scale, zero], name=names(f"{name}_QuantizeLinear"))
-        q.outputs[0].name = names(f"{name}_quantized")
-        dq = ir.node("DequantizeLinear", [q.outputs[0], scale, zero], name=names(f"{name}_DequantizeLinear"))
-        dq.outputs[0].name = names(f"{name}_dequantized")
-        _copy_type(value, dq.outputs[0])
+        q, dq = _qdq_pair(model, names, value, name, params)
         producer = value.producer()
         if producer is None:
             model.graph.insert_before(next(iter(model.graph)), [q, dq])
@@ -150,14 +144,7 @@ def insert_qdq(model: ir.Model, plan: QuantPlan, activations: dict[str, TensorQP
     for conversion in sorted(conversions or [], key=lambda c: (c.tensor, c.node.name, c.index)):
         source = conversion.node.inputs[conversion.index]
         params = conversion.params
-        base = f"{conversion.tensor}_{params.spec.dtype.label}"
-        scale = _const(model, names, f"{base}_scale", np.asarray(params.scale, np.float32).reshape(()))
-        zero = _const(model, names, f"{base}_zero_point", np.asarray(params.zero_point).reshape(()))
-        q = ir.node("QuantizeLinear", [source, scale, zero], name=names(f"{base}_QuantizeLinear"))
-        q.outputs[0].name = names(f"{base}_quantized")
-        dq = ir.node("DequantizeLinear", [q.outputs[0], scale, zero], name=names(f"{base}_DequantizeLinear"))
-        dq.outputs[0].name = names(f"{base}_dequantized")
-        _copy_type(source, dq.outputs[0])
+        q, dq = _qdq_pair(model, names, source, f"{conversion.tensor}_{params.spec.dtype.label}", params)
         model.graph.insert_before(conversion.node, [q, dq])
         conversion.node.replace_input_with(conversion.index, dq.outputs[0])
         added += 2
@@ -166,7 +153,7 @@ def insert_qdq(model: ir.Model, plan: QuantPlan, activations: dict[str, TensorQP
     for use in sorted(weight_uses, key=lambda u: (u.node.name, u.input_index)):
         weight = use.node.inputs[use.input_index]
         array = weight.const_value.numpy()
-        if use.spec.granularity.value == "per-tensor" and not use.spec.symmetric:
+        if use.spec.granularity is Granularity.PER_TENSOR and not use.spec.symmetric:
             # a constant activation-like input (full offload): a mask's -3.4e38 becomes -1e4, see SENTINEL
             array = np.clip(array, -qparams.SENTINEL_LIMIT, qparams.SENTINEL_LIMIT) if np.any(
                 np.abs(array) >= qparams.SENTINEL) else array
@@ -220,6 +207,19 @@ def insert_qdq(model: ir.Model, plan: QuantPlan, activations: dict[str, TensorQP
 
     _remove_unused_initializers(model)
     return added
+
+
+def _qdq_pair(model: ir.Model, names: _Names, source: ir.Value, base: str,
+              params: TensorQParams) -> tuple[ir.Node, ir.Node]:
+    """``source → QuantizeLinear → DequantizeLinear`` with per-tensor ``params`` (nodes not yet inserted)."""
+    scale = _const(model, names, f"{base}_scale", np.asarray(params.scale, np.float32).reshape(()))
+    zero = _const(model, names, f"{base}_zero_point", np.asarray(params.zero_point).reshape(()))
+    q = ir.node("QuantizeLinear", [source, scale, zero], name=names(f"{base}_QuantizeLinear"))
+    q.outputs[0].name = names(f"{base}_quantized")
+    dq = ir.node("DequantizeLinear", [q.outputs[0], scale, zero], name=names(f"{base}_DequantizeLinear"))
+    dq.outputs[0].name = names(f"{base}_dequantized")
+    _copy_type(source, dq.outputs[0])
+    return q, dq
 
 
 def _bias_safe_weight_scales(bias_uses, activations) -> dict[tuple[int, int], np.ndarray]:

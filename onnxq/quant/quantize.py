@@ -30,6 +30,7 @@ from onnxq.quant.annotate import FLOAT, QuantPlan, annotate
 from onnxq.quant.insert_qdq import required_opset
 from onnxq.quant.engine import build_qdq_model, mismatched_shared_nodes
 from onnxq.quant.recipe import Recipe
+from onnxq.quant.spec import QDType
 
 logger = logging.getLogger(__name__)
 
@@ -163,8 +164,9 @@ def _opset_for(model: ir.Model, table, precision: str) -> int:
     """Opset every plan the fall-back loop may build needs (a 16-bit fall-back precision needs 21)."""
     needed = required_opset(annotate(model, table, precision=precision))
     for name in table.fallback_precisions:
-        needed = max(needed, table.precisions[name].activation.min_opset, 21 if
-                     table.precisions[name].weight_dtype in ("int16", "uint16", "int4", "uint4") else 0)
+        precision = table.precisions[name]
+        weights = QDType.parse(precision.weight_dtype).min_opset if precision.weight_dtype else 0
+        needed = max(needed, precision.activation.min_opset, weights)
     return needed
 
 
