@@ -158,6 +158,12 @@ class CapabilityTable:
     #: opset models for this target are raised to before the graph passes (QNN: 21, so GELU fuses into the
     #: Gelu op the HTP runs, where the erf form would leave Erf to the CPU, and 16-bit Q/DQ is legal)
     opset: int | None = None
+    #: op types whose *float* weight the runtime quantizes on its own (symmetric int8, one scale per tensor)
+    #: when their data input comes from a per-tensor DequantizeLinear: ORT >= 1.20's WeightBiasQuantization
+    #: does this to fuse QLinearConv, which turns a layer fall-back kept float into the worst-quantized layer
+    #: of the model. The engine gives such a float layer its own DequantizeLinear with a per-channel-shaped
+    #: scale (same values), which that rewrite does not match.
+    requantizes_float_weights: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         unknown_fallback = set(self.fallback_precisions) - set(self.precisions)

@@ -207,3 +207,55 @@ def test_compute_ops_inside_subgraphs_are_reported_not_silently_skipped():
     plan = annotate(model, resolve_target("ort").table())
     assert [(d.node, d.reason) for d in plan.decisions] == [
         ("branch", "its subgraphs hold 1 compute ops that are not quantized (subgraphs stay float)")]
+
+
+def test_float_conv_between_quantized_convs_stays_float_on_ort():
+    """ORT (>= 1.20) quantizes the float weight of a Conv that sits between a per-tensor DequantizeLinear and a
+    QuantizeLinear, per tensor, to fuse a QLinearConv: a layer fall-back kept float would run as the worst-
+    quantized layer. It must read through a DequantizeLinear of its own with a per-channel-shaped scale, and
+    ORT's optimized run must then agree with the QDQ reference semantics (no optimizations)."""
+    rng = np.random.default_rng(7)
+    # one huge weight on an input channel that ReLU always zeroes: harmless in float, but a per-tensor int8
+    # scale of 1000/127 rounds every other weight of w2 to zero
+    w2 = rng.normal(0, 1, (4, 4, 1, 1))
+    w2[0, 0] = 1000.0
+    model = parse(f"""
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float[1, 3, 8, 8] x) => (float[1, 4, 8, 8] y) <float[4, 3, 3, 3] w = {{{_weights(rng, (4, 3, 3, 3))}}},
+        float[4] b = {{-100, 0, 0, 0}}, float[4, 4, 1, 1] w2 = {{{", ".join(f"{v:.6f}" for v in w2.ravel())}}},
+        float[4, 4, 1, 1] w3 = {{{_weights(rng, (4, 4, 1, 1))}}}> {{
+      c = Conv <pads = [1, 1, 1, 1]> (x, w, b)
+      r = Relu(c)
+      m = Conv(r, w2)
+      y = Conv(m, w3)
+    }}
+    """)
+    annotate(model, TABLE)
+    middle = [n.name for n in model.graph][2]
+    samples = _samples((1, 3, 8, 8))
+    _, proto = _quantize(model, samples, forced={middle: "float"})
+    conv = next(n for n in proto.graph.node if n.name == middle)
+    reader = _producer(proto, conv.input[0])
+    assert reader.op_type == "DequantizeLinear" and _init(proto, reader.input[1]).shape == (4,)
+    assert next(a.i for a in reader.attribute if a.name == "axis") == 1
+    assert _init(proto, conv.input[1]).dtype == np.float32  # its weight stays float in the file
+
+    import onnxruntime as ort
+
+    def optimized_vs_reference(model_bytes):
+        outputs = []
+        for level in (ort.GraphOptimizationLevel.ORT_ENABLE_ALL, ort.GraphOptimizationLevel.ORT_DISABLE_ALL):
+            options = ort.SessionOptions()
+            options.graph_optimization_level = level
+            session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+            outputs.append(np.concatenate([session.run(None, s)[0] for s in samples]))
+        return float(np.linalg.norm(outputs[0] - outputs[1]) / np.linalg.norm(outputs[1]))
+
+    assert optimized_vs_reference(proto.SerializeToString()) < 0.02
+    # the same file with the float Conv reading the shared per-tensor DequantizeLinear: ORT requantizes it
+    shared = onnx.ModelProto()
+    shared.CopyFrom(proto)
+    conv = next(n for n in shared.graph.node if n.name == middle)
+    conv.input[0] = next(n for n in shared.graph.node if n.op_type == "DequantizeLinear"
+                         and n.input[0] == reader.input[0] and n.name != reader.name).output[0]
+    assert optimized_vs_reference(shared.SerializeToString()) > 0.5

@@ -152,10 +152,27 @@ def width_conversions(plan: QuantPlan, params: Mapping[str, TensorQParams]) -> l
     return conversions
 
 
+def float_readers(model: ir.Model, plan: QuantPlan, params: Mapping[str, TensorQParams]) -> list[tuple[ir.Node, int]]:
+    """Float layers with a float weight that read a quantized activation, of the op types whose weights the
+    target's runtime would quantize per tensor behind our back (``requantizes_float_weights``)."""
+    ops = plan.table.requantizes_float_weights
+    if not ops:
+        return []
+    annotated = {id(node) for annotation in plan.annotations for node in annotation.nodes}
+    readers = []
+    for node in model.graph:
+        if node.op_type not in ops or id(node) in annotated or len(node.inputs) < 2:
+            continue
+        data, weight = node.inputs[0], node.inputs[1]
+        if data is not None and data.name in params and weight is not None and weight.const_value is not None:
+            readers.append((node, 0))
+    return readers
+
+
 def build_qdq_model(model: ir.Model, plan: QuantPlan, stats: Mapping, *, method: str, percentile: float) -> int:
     """Insert Q/DQ into ``model`` (the one ``plan`` was annotated on). Returns the Q/DQ node count."""
     params = activation_qparams(plan, stats, method=method, percentile=percentile)
-    added = insert_qdq(model, plan, params, width_conversions(plan, params))
+    added = insert_qdq(model, plan, params, width_conversions(plan, params), float_readers(model, plan, params))
     if plan.dynamic_annotations():
         from onnxq.quant.dynamic import rewrite_dynamic
 

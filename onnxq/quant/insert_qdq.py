@@ -13,6 +13,7 @@ The model's default opset is raised first when a spec needs it (per-channel 13, 
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,11 +94,15 @@ def required_opset(plan: QuantPlan) -> int:
 
 
 def insert_qdq(model: ir.Model, plan: QuantPlan, activations: dict[str, TensorQParams],
-               conversions: list[Conversion] | None = None) -> int:
+               conversions: list[Conversion] | None = None,
+               private_readers: Collection[tuple[ir.Node, int]] = ()) -> int:
     """Insert Q/DQ in place for ``activations`` (name → params) and the plan's weights and biases.
 
+    ``private_readers`` (node, input index) read their quantized input through a DequantizeLinear of their
+    own whose scale is per-channel shaped (see ``CapabilityTable.requantizes_float_weights``).
     Returns the number of Q/DQ nodes added. The plan's node references must belong to ``model``.
     """
+    private = {(id(node), index) for node, index in private_readers}
     # Read the plan before touching the graph: weights stop looking constant once DQ feeds them.
     weight_uses, bias_uses = plan.weights() + plan.static_inputs(), plan.biases()
     needed = required_opset(plan)
@@ -128,7 +133,16 @@ def insert_qdq(model: ir.Model, plan: QuantPlan, activations: dict[str, TensorQP
         else:
             model.graph.insert_after(producer, [q, dq])
         for node, index in uses:
-            node.replace_input_with(index, dq.outputs[0])
+            if (id(node), index) not in private:
+                node.replace_input_with(index, dq.outputs[0])
+                continue
+            own = _channel_shaped_dq(model, names, q.outputs[0], value, name, params, _input_channels(node))
+            if own is None:
+                node.replace_input_with(index, dq.outputs[0])
+                continue
+            model.graph.insert_before(node, [own])
+            node.replace_input_with(index, own.outputs[0])
+            added += 1
         if output_slots:
             # The graph output becomes the dequantized tensor and keeps the output's name, so callers
             # feeding and reading by name see the same interface.
@@ -220,6 +234,40 @@ def _qdq_pair(model: ir.Model, names: _Names, source: ir.Value, base: str,
     dq.outputs[0].name = names(f"{base}_dequantized")
     _copy_type(source, dq.outputs[0])
     return q, dq
+
+
+def _input_channels(node: ir.Node) -> int | None:
+    """Size of axis 1 of a Conv/ConvTranspose/Gemm data input, from its constant weight's shape."""
+    weight = node.inputs[1] if len(node.inputs) > 1 else None
+    if weight is None or weight.const_value is None:
+        return None
+    shape = weight.const_value.shape
+    attrs = {name: attr.value for name, attr in node.attributes.items()}
+    if node.op_type == "Conv":
+        return shape[1] * attrs.get("group", 1)
+    if node.op_type == "ConvTranspose":
+        return shape[0]
+    if node.op_type == "Gemm" and not attrs.get("transA", 0):
+        return shape[1] if attrs.get("transB", 0) else shape[0]
+    return None
+
+
+def _channel_shaped_dq(model: ir.Model, names: _Names, quantized: ir.Value, source: ir.Value, base: str,
+                       params: TensorQParams, channels: int | None) -> ir.Node | None:
+    """A DequantizeLinear equal to the shared one but with the scale repeated along axis 1 (channels)."""
+    if not isinstance(channels, int) or channels < 2:
+        logger.warning("'%s': channel count unknown or 1, the float reader keeps the shared DequantizeLinear "
+                       "(the runtime may quantize its weights per tensor)", source.name)
+        return None
+    scale = _const(model, names, f"{base}_channel_scale",
+                   np.full(channels, np.asarray(params.scale, np.float32).reshape(()), np.float32))
+    zero_point = np.asarray(params.zero_point).reshape(())
+    zero = _const(model, names, f"{base}_channel_zero_point", np.full(channels, zero_point, zero_point.dtype))
+    dq = ir.node("DequantizeLinear", [quantized, scale, zero], attributes={"axis": 1},
+                 name=names(f"{base}_float_reader_DequantizeLinear"))
+    dq.outputs[0].name = names(f"{base}_float_reader")
+    _copy_type(source, dq.outputs[0])
+    return dq
 
 
 def _bias_safe_weight_scales(bias_uses, activations) -> dict[tuple[int, int], np.ndarray]:
