@@ -164,6 +164,10 @@ class CapabilityTable:
     #: of the model. The engine gives such a float layer its own DequantizeLinear with a per-channel-shaped
     #: scale (same values), which that rewrite does not match.
     requantizes_float_weights: tuple[str, ...] = ()
+    #: whether a fall-back stage that cannot meet the budget hands the next stage its result with every layer
+    #: moved (ORT: a dynamic MatMul runs as fast as a static one, so the float stage starts from them), or the
+    #: next stage starts from the base precision again (QNN: 16-bit everywhere would halve the HTP's speed)
+    fallback_cumulative: bool = False
 
     def __post_init__(self) -> None:
         unknown_fallback = set(self.fallback_precisions) - set(self.precisions)

@@ -264,3 +264,17 @@ def test_cli_over_budget_writes_the_model_but_exits_1(tmp_path: Path, calib, cap
     err = capsys.readouterr().err
     assert code == 1 and "accuracy budget 1e-06 not met" in err.splitlines()[-1]
     assert out.exists() and not json.loads(report.read_text())["budget_met"]
+
+
+def test_fall_back_on_ort_tries_run_time_ranges_before_float():
+    """One calibration sample 100x louder than the rest stretches every static range: the fall-back moves the
+    MatMul/Gemm layers to dynamic quantization (int8 speed, ranges measured per call), not to float."""
+    rng = np.random.default_rng(5)
+    samples = [{"x": rng.standard_normal((2, 16)).astype(np.float32)} for _ in range(16)]
+    samples[0]["x"] *= 100.0  # calibration, not held back
+    model, report = onnxq.quantize(ir.serde.deserialize_model(_dense_model()), samples, holdout=4)
+    assert report.rounds[0].error > 0.1 and report.budget_met and report.error <= 0.1
+    assert report.higher_precision == {"fc1": "dynamic", "fc2": "dynamic"}
+    assert not [why for why in report.kept_float.values() if "fall-back" in why]
+    ops = [n.op_type for n in ir.to_proto(model).graph.node]
+    assert ops.count("MatMulInteger") == 2 and "Gemm" not in ops and "MatMul" not in ops

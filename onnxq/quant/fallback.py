@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from onnxq.backends.capability import RowKind
+from onnxq.backends.capability import Match, RowKind
 from onnxq.quant.annotate import FLOAT, Annotation, QuantPlan
 
 logger = logging.getLogger(__name__)
@@ -58,9 +58,37 @@ def destination(annotation: Annotation, plan: QuantPlan, stage: str) -> str:
         return FLOAT
     precisions = plan.table.precisions
     chain = plan.table.fallback_precisions[: plan.table.fallback_precisions.index(stage) + 1]
-    usable = [p for p in chain if p in annotation.row.precisions
-              and precisions[p].level > precisions[annotation.precision].level]
+    usable = [p for p in chain if precisions[p].level > precisions[annotation.precision].level
+              and (p in annotation.row.precisions or _another_row_runs(plan, annotation, p))]
     return usable[-1] if usable else annotation.precision
+
+
+def _rerank(evaluate: Evaluate, ranked: list[Annotation], start: dict[str, str], base_forced: dict[str, str],
+            compute: list[Annotation], sensitivity: dict[str, float],
+            say: Callable[[str], None]) -> list[Annotation]:
+    """Rank for the next stage: a layer a stage moved is measured alone at its new precision (every other
+    compute layer float); the others keep their measured sensitivity."""
+    moved = [a for a in ranked if a.name in start and a.name not in base_forced]
+    say(f"measuring {len(moved)} layers at their fall-back precision")
+    residual = {}
+    for annotation in moved:
+        solo = dict(base_forced)
+        solo.update({other.name: FLOAT for other in compute if other is not annotation})
+        solo[annotation.name] = start[annotation.name]
+        residual[annotation.name] = evaluate(solo, True)[1]
+    return sorted(ranked, key=lambda a: (-residual.get(a.name, sensitivity[a.name]), a.name))
+
+
+def _another_row_runs(plan: QuantPlan, annotation: Annotation, precision: str) -> bool:
+    """Whether a single-op row of the table runs the annotation's anchor at ``precision`` (ORT: the dynamic
+    MatMul row for a MatMul that was static; its check must accept the node)."""
+    anchor = annotation.nodes[0]
+    variant = plan.table.target.partition(":")[2]
+    return any(
+        row is not annotation.row and len(row.ops) == 1 and precision in row.precisions
+        and (row.check is None or row.check(Match((anchor,), variant)) is None)
+        for row in plan.table.rows_for(anchor.op_type)
+    )
 
 
 def search(evaluate: Evaluate, base_forced: dict[str, str], budget: float, *, enabled: bool = True,
@@ -99,25 +127,28 @@ def search(evaluate: Evaluate, base_forced: dict[str, str], budget: float, *, en
 
     best = SearchResult(dict(base_forced), plan, error, rounds, sensitivity)
     previous: dict[str, str] | None = None
+    start = dict(base_forced)  # what a stage's moves are added to
     for stage in stages(plan):
         destinations = {a.name: destination(a, plan, stage) for a in ranked}
-        if destinations == previous or all(destinations[a.name] == a.precision for a in ranked):
+        destinations = {name: dest for name, dest in destinations.items() if start.get(name) != dest}
+        if destinations == previous or not any(destinations[a.name] != a.precision for a in ranked
+                                               if a.name in destinations):
             continue  # this stage would build the same candidates as the last one
         previous = destinations
+        movable = [a for a in ranked if a.name in destinations and destinations[a.name] != a.precision]
 
         def forced_for(k: int) -> dict[str, str]:
-            forced = dict(base_forced)
-            forced.update({a.name: destinations[a.name] for a in ranked[:k]
-                           if destinations[a.name] != a.precision})
+            forced = dict(start)
+            forced.update({a.name: destinations[a.name] for a in movable[:k]})
             return forced
 
-        def moved(k: int) -> list[str]:
-            return [f"{a.name} -> {destinations[a.name]}" for a in ranked[:k] if destinations[a.name] != a.precision]
+        def moved(forced: dict[str, str]) -> list[str]:
+            return [f"{name} -> {dest}" for name, dest in forced.items() if name not in base_forced]
 
         low, high, k = 0, None, 1
         while True:
-            k = min(k, len(ranked))
-            candidate_plan, candidate_error = measure(forced_for(k), moved(k))
+            k = min(k, len(movable))
+            candidate_plan, candidate_error = measure(forced_for(k), moved(forced_for(k)))
             if candidate_error <= budget:
                 high = k
                 best = SearchResult(forced_for(k), candidate_plan, candidate_error, rounds, sensitivity)
@@ -125,14 +156,19 @@ def search(evaluate: Evaluate, base_forced: dict[str, str], budget: float, *, en
             if candidate_error < best.error:
                 best = SearchResult(forced_for(k), candidate_plan, candidate_error, rounds, sensitivity)
             low = k
-            if k == len(ranked):
+            if k == len(movable):
                 break
             k *= 2
         if high is None:
+            if plan.table.fallback_cumulative and movable:
+                # the next stage starts from this one with every layer moved, ranked by what each layer
+                # still costs there (its error alone at this stage's precision)
+                start = forced_for(len(movable))
+                ranked = _rerank(evaluate, ranked, start, base_forced, compute, sensitivity, say)
             continue
         while high - low > 1:
             mid = (low + high) // 2
-            candidate_plan, candidate_error = measure(forced_for(mid), moved(mid))
+            candidate_plan, candidate_error = measure(forced_for(mid), moved(forced_for(mid)))
             if candidate_error <= budget:
                 high = mid
                 best = SearchResult(forced_for(mid), candidate_plan, candidate_error, rounds, sensitivity)
