@@ -10,7 +10,9 @@ kernel exists and is faster than float:
 * Elementwise ops, pooling and data movement are quantized only between quantized neighbours. Mul is
   left float: it mostly sits inside GELU/SiLU/HardSwish/attention-scaling patterns that ORT fuses in float.
 * There are no int16 kernels: ``a16w8`` is accepted for accuracy but runs as float between Q/DQ pairs, so
-  it is never chosen by fall-back (a harmful layer goes straight back to float).
+  it is never chosen by fall-back.
+* Fall-back: a harmful MatMul/Gemm with a constant weight first goes to dynamic quantization (ranges
+  measured per call, still int8 kernels), then, if the budget still fails, the worst layers go to float.
 """
 
 from __future__ import annotations
