@@ -168,6 +168,9 @@ class CapabilityTable:
     #: moved (ORT: a dynamic MatMul runs as fast as a static one, so the float stage starts from them), or the
     #: next stage starts from the base precision again (QNN: 16-bit everywhere would halve the HTP's speed)
     fallback_cumulative: bool = False
+    #: tags of units ``fuse-activations`` recognises (``"silu"``) whose ops the table quantizes one by one
+    #: where the runtime has int8 kernels for them; other units stay float on CPU targets (fused there)
+    quantized_units: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         unknown_fallback = set(self.fallback_precisions) - set(self.precisions)

@@ -259,3 +259,35 @@ def test_float_conv_between_quantized_convs_stays_float_on_ort():
     conv.input[0] = next(n for n in shared.graph.node if n.op_type == "DequantizeLinear"
                          and n.input[0] == reader.input[0] and n.name != reader.name).output[0]
     assert optimized_vs_reference(shared.SerializeToString()) > 0.5
+
+
+def test_silu_between_convs_is_quantized_on_ort_but_mul_by_constant_is_not():
+    """YOLO's SiLU (x·σ(x)) runs as QLinearSigmoid + QLinearMul: both get Q/DQ on their inputs and outputs.
+    A Mul by a constant has no int8 kernel and stays float."""
+    import onnxq
+
+    rng = np.random.default_rng(9)
+    model = parse(f"""
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float[1, 3, 8, 8] x) => (float[1, 4, 8, 8] y) <float[4, 3, 3, 3] w = {{{_weights(rng, (4, 3, 3, 3))}}},
+        float[4, 4, 1, 1] w2 = {{{_weights(rng, (4, 4, 1, 1))}}}, float k = {{0.5}}> {{
+      c = Conv <pads = [1, 1, 1, 1]> (x, w)
+      s = Sigmoid(c)
+      a = Mul(c, s)
+      d = Conv(a, w2)
+      y = Mul(d, k)
+    }}
+    """)
+    quantized, report = onnxq.quantize(model, _samples((1, 3, 8, 8), n=12), target="ort", holdout=4)
+    proto = ir.to_proto(quantized)
+    by_type = {n.op_type: n for n in proto.graph.node}
+    sigmoid, silu_mul = by_type["Sigmoid"], next(n for n in proto.graph.node if n.op_type == "Mul" and
+                                                  "s" not in n.input and len(n.input) == 2 and
+                                                  _producer(proto, n.input[1]).op_type == "DequantizeLinear"
+                                                  and _producer(proto, n.input[0]).op_type == "DequantizeLinear")
+    assert _producer(proto, sigmoid.input[0]).op_type == "DequantizeLinear"
+    assert {c.op_type for c in proto.graph.node if sigmoid.output[0] in c.input} == {"QuantizeLinear"}
+    assert {c.op_type for c in proto.graph.node if silu_mul.output[0] in c.input} == {"QuantizeLinear"}
+    scale_mul = next(n for n in proto.graph.node if n.op_type == "Mul" and n is not silu_mul)
+    assert scale_mul.output[0] == "y" and _init(proto, scale_mul.input[1]).dtype == np.float32  # float Mul
+    assert report.budget_met

@@ -291,8 +291,9 @@ def annotate(
         for node in nodes:
             if id(node) in claimed:
                 continue
-            if node.metadata_props.get(PATTERN_KEY) and not table.full_offload:
-                continue  # part of a recognised unit (SiLU, HardSwish): CPU runtimes fuse it in float
+            unit = node.metadata_props.get(PATTERN_KEY)
+            if unit and not table.full_offload and unit not in table.quantized_units:
+                continue  # part of a recognised unit (HardSwish): CPU runtimes fuse it in float
             refusal = None
             for row in table.rows_for(node.op_type):
                 if row.kind not in kinds:
