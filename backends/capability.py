@@ -23,6 +23,14 @@ Table-wide policy (``CapabilityTable``):
                  activations. A float op there is an op the accelerator cannot run.
   static_shapes  the runtime needs static input shapes: ``quantize`` fixes them from the calibration data.
 
+Per-block weights: a precision with ``weight_block_size`` quantizes a weight per block along the row's
+``block_axis`` (the input channels) where the row lists the precision in ``block_precisions`` and the
+channels divide into two blocks or more (the largest power of two from ``weight_block_size`` down to
+``weight_min_block_size``); elsewhere the weight is per-channel at the precision's dtype. With
+``weight_block_scale_bits`` the block scales are LPBQ's (integers times a float per output channel, see
+``onnxq.quant.qparams``); ``int_block_scales`` on the row writes them as uint8 read through a
+DequantizeLinear.
+
 Row extras: ``data_inputs`` names which inputs are tensors (Clip bounds and Resize scales are parameters and
 stay float constants); ``fixed_output`` pins an output range the kernel requires ("unit" for Sigmoid and
 Softmax: scale 1/2^bits, zero point 0; "signed_unit" for Tanh: scale 2/2^bits, zero point 2^(bits-1)).
@@ -54,7 +62,11 @@ class Precision:
     activation: QuantSpec
     weight_dtype: str | None = "int8"
     weight_per_channel: bool = True
+    #: per-block weights where the row allows (see the module docstring): the largest block, the smallest
+    #: block tried when the channels do not divide, and LPBQ's block-scale bits
     weight_block_size: int | None = None
+    weight_min_block_size: int | None = None
+    weight_block_scale_bits: int | None = None
     #: cost order for fall-back: a layer moves from lower to higher ``level`` (float is above all)
     level: int = 0
     #: weights quantized offline, activations at run time (DynamicQuantizeLinear + MatMulInteger on ORT):
@@ -66,11 +78,15 @@ class Precision:
             return f"dynamic: {self.activation.dtype.label} activations quantized at run time, {self.weight_dtype} " \
                    f"weights {'per-channel' if self.weight_per_channel else 'per-tensor'}"
         weights = "float weights" if self.weight_dtype is None else (
-            f"{self.weight_dtype} weights " + (
-                f"per-block {self.weight_block_size}" if self.weight_block_size else
-                "per-channel" if self.weight_per_channel else "per-tensor"
-            )
+            f"{self.weight_dtype} weights " + ("per-channel" if self.weight_per_channel else "per-tensor")
         )
+        if self.weight_dtype is not None and self.weight_block_size:
+            smallest = self.weight_min_block_size or self.weight_block_size
+            blocks = str(self.weight_block_size) + (f"..{smallest}" if smallest != self.weight_block_size
+                                                    else "")
+            lpbq = (f" (LPBQ: {self.weight_block_scale_bits}-bit integer block scales x float per channel)"
+                    if self.weight_block_scale_bits else "")
+            weights += f", per-block {blocks}{lpbq} where the op allows"
         return f"{self.activation.dtype.label} activations, {weights}"
 
 
@@ -115,8 +131,17 @@ class PatternRow:
     #: quantized with the clamp's output range and scale, so the quantizer does the clamping and the
     #: runtime drops the op (QNN folds Relu/Clip this way) instead of wasting levels on the cut-off part
     clamp: bool = False
+    #: axis of the input channels of a constant weight, along which per-block precisions block it (None:
+    #: this weight is per-channel at every precision)
+    block_axis: WeightAxis | None = None
+    #: precisions whose per-block weights the kernel takes (others quantize the weight per channel)
+    block_precisions: tuple[str, ...] = ()
+    #: per-block scales written as uint8 through a DequantizeLinear (explicit LPBQ) instead of float32
+    int_block_scales: bool = False
 
     def __post_init__(self) -> None:
+        if not set(self.block_precisions) <= set(self.precisions):
+            raise ValueError(f"row '{self.name}': block_precisions must be among its precisions")
         if self.fixed_output not in (None, *FIXED_RANGES):
             raise ValueError(f"row '{self.name}': fixed_output must be one of {sorted(FIXED_RANGES)}")
 
@@ -202,6 +227,10 @@ class CapabilityTable:
             lines.append(f"  {row.name:<22} {chain:<28} {row.kind.value:<12} {', '.join(row.precisions)}")
             if row.fixed_output:
                 lines.append(f"  {'':<22} fixed output range: {row.fixed_output}")
+            if row.block_precisions:
+                form = ("uint8 block scales + DequantizeLinear" if row.int_block_scales
+                        else "float32 block scales")
+                lines.append(f"  {'':<22} per-block weights at {', '.join(row.block_precisions)} ({form})")
             if row.note:
                 lines.append(f"  {'':<22} {row.note}")
         chain = [*self.fallback_precisions] + (["float"] if self.float_fallback else [])
@@ -236,3 +265,14 @@ def gemm_weight_axis(node: ir.Node, index: int) -> int | None:
 def matmul_weight_axis(node: ir.Node, index: int) -> int | None:
     """MatMul B is [..., K, N]: output channels on the last axis."""
     return -1 if index == 1 else None
+
+
+def gemm_block_axis(node: ir.Node, index: int) -> int | None:
+    """Gemm B: K is axis 1 of [N, K] (transB) or axis 0 of [K, N]."""
+    axis = gemm_weight_axis(node, index)
+    return None if axis is None else 1 - axis
+
+
+def matmul_block_axis(node: ir.Node, index: int) -> int | None:
+    """MatMul B[..., K, N]: K on the second-last axis."""
+    return -2 if index == 1 else None

@@ -13,7 +13,7 @@ import pytest
 
 from onnxq.backends.qnn import runtime
 from tools.qnn_probe import ARCHS, CASES, PRECISIONS, build_case, differences, main, probe_case
-from tools.qnn_probe_cases import fixed_qparams
+from tools.qnn_probe_cases import case_precisions, fixed_qparams
 
 CAPABILITIES = Path(__file__).resolve().parents[1] / "backends" / "qnn" / "capabilities.json"
 UNAVAILABLE = runtime.available()
@@ -46,7 +46,8 @@ def test_file_is_written_deterministically(capabilities):
 
 @pytest.mark.parametrize("key", list(CASES))
 def test_case_models_pass_checker_with_qdq_on_every_float_io(key):
-    for precision in PRECISIONS:
+    assert set(case_precisions(key)) <= set(PRECISIONS)
+    for precision in case_precisions(key):
         model = build_case(key, precision).model
         onnx.checker.check_model(model, full_check=True)
         assert (model.ir_version, model.opset_import[0].version) == (10, 21)
@@ -92,6 +93,55 @@ def test_live_expectations():
     refused = probe_case("conv", "a16w16", "v68")
     assert not refused["ok"] and "Conv" in refused["reason"]
     assert probe_case("conv", "a16w16", "v73")["ok"]
+
+
+def test_lpbq_case_models_carry_lpbq_weights():
+    """Float form: a blocked int4 DQ whose float scales are k·c (k in 1..16, 16 in every channel); integer
+    form: uint8 k through a per-channel DQ into the blocked DQ's scale. Other precisions: not applicable."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    model = build_case("conv_lpbq", "a16w4").model
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == "c1_q")
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in dq.attribute}
+    assert attrs == {"axis": 1, "block_size": 32}
+    scales = inits[dq.input[1]].reshape(64, 3)
+    channel = scales.max(axis=1) / 16
+    ints = scales / channel[:, None]
+    assert np.allclose(ints, np.round(ints), atol=1e-4) and ints.min() > 0.99
+    assert np.all(ints.max(axis=1) == 16)
+    model = build_case("matmul_lpbq_int", "a8w4").model
+    producers = {o: n for n in model.graph.node for o in n.output}
+    weight_dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == "c1_q")
+    scale_dq = producers[weight_dq.input[1]]
+    assert scale_dq.op_type == "DequantizeLinear"
+    assert inits_dtype(model, scale_dq.input[0]) == onnx.TensorProto.UINT8
+    assert inits_dtype(model, weight_dq.input[2]) == onnx.TensorProto.INT4
+    with pytest.raises(KeyError, match="a8w4, a16w4"):
+        build_case("conv_lpbq", "a8w8")
+
+
+def inits_dtype(model, name):
+    return next(t.data_type for t in model.graph.initializer if t.name == name)
+
+
+def test_lpbq_file_records_not_applicable_precisions(capabilities):
+    for entry in capabilities["archs"].values():
+        for key, case in entry["cases"].items():
+            if "lpbq" in key:
+                for precision in set(PRECISIONS) - set(case_precisions(key)):
+                    assert case["results"][precision]["derived"] and not case["results"][precision]["ok"]
+
+
+@live
+@pytest.mark.parametrize(("key", "precision", "arch"), [
+    ("conv_lpbq", "a16w4", "v73"), ("matmul_lpbq_int", "a8w4", "v68"), ("gemm_lpbq", "a16w4", "v68"),
+])
+def test_live_lpbq_probe_matches_file(capabilities, key, precision, arch):
+    now = probe_case(key, precision, arch)
+    was = capabilities["archs"][arch]["cases"][key]["results"][precision]
+    assert differences(f"{arch} {key} {precision}", was, now) == []
 
 
 @live

@@ -15,7 +15,8 @@ HTP in another encoding than the model's, and ``override`` quotes the EP where i
 encoding (16-bit Sigmoid/Tanh/HardSigmoid). A refused result carries the runtime's reason.
 
 Weightless ops are probed at a8w8, a16w8 and fp16 only; a16w16, a8w4 and a16w4 copy the result of the same
-activation width and say ``"derived": true``.
+activation width and say ``"derived": true``. LPBQ cases (``*_lpbq``, ``*_lpbq_int``) are probed at a8w4 and
+a16w4 only; their other precisions are recorded as not applicable (refused, ``"derived": true``).
 
 EPContext check, per arch: the conv model is compiled to an EPContext binary, each time in a fresh process
 (the QNN EP numbers tensors per process, so only first compiles compare): with ``soc_model`` (for every
@@ -50,6 +51,7 @@ from tools.qnn_probe_cases import (  # noqa: E402 - after the script-mode path f
     PROBED_WEIGHTLESS,
     BuiltCase,
     build_case,
+    case_precisions,
 )
 
 __all__ = ["ARCHS", "CASES", "PRECISIONS", "build_case", "compare", "differences", "probe", "probe_case"]
@@ -59,6 +61,7 @@ ARCHS = {"v68": "30", "v69": "36", "v73": "43", "v75": "57", "v79": "69", "v81":
 GENERATED_BY = "python -m tools.qnn_probe --out backends/qnn/capabilities.json"
 ERR_TOLERANCE_LSB = 0.5  # --check: larger changes of err_lsb / err_lsb_io_cpu are mismatches
 FP32_EXACT = "fp32-exact: the fp16 precision option had no effect"
+NOT_APPLICABLE = {"ok": False, "reason": "not applicable: LPBQ is a 4-bit weight format", "derived": True}
 _IO_REFUSAL = "QNN EP is configured to not take"  # graph-input Q / output DQ left to the CPU on purpose
 _OVERRIDE = re.compile(r"OverrideOutputQuantParam\] (?P<text>.*)")
 _VALIDATE = re.compile(r"backendValidateOpConfig\(\) failed for node `(?P<node>[^`]*)` "
@@ -177,6 +180,8 @@ def _probe_job(job: tuple[str, str, str]) -> tuple[tuple[str, str, str], dict]:
 
 
 def _precisions(key: str) -> list[str]:
+    if CASES[key].lpbq:
+        return list(case_precisions(key))
     return list(PRECISIONS) if CASES[key].weighted else list(PROBED_WEIGHTLESS)
 
 
@@ -257,8 +262,10 @@ def probe(archs: list[str], keys: list[str], jobs: int) -> dict[str, dict[str, d
         for key in keys:
             results = tables[arch][key]["results"]
             for precision, source in DERIVED_FROM.items():
-                if precision not in results:
+                if precision not in results and source in results:
                     results[precision] = {**results[source], "derived": True}
+            for precision in PRECISIONS:
+                results.setdefault(precision, dict(NOT_APPLICABLE))
     return tables
 
 

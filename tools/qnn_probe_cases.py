@@ -7,7 +7,13 @@ an opset-21 model that passes ``onnx.checker``, following the quantizer's conven
 * activations (every float graph input and output, and constant inputs of non-weight ops) are per-tensor
   asymmetric ``uint8``/``uint16``, range ``[min(0, lo), max(0, hi)]`` of the values they carry;
 * weights are symmetric signed (zero point 0) per output channel, or per tensor in ``*_per_tensor`` cases;
-* biases are ``int32`` with ``scale = s_act · s_w`` (per channel where the weight is), zero point 0;
+* ``*_lpbq`` cases (a8w4/a16w4 only) quantize the weight with onnxq's LPBQ (int4 per block of 32 input
+  channels, 96 of them, 64 output channels; block scales k·c): float32 block scales, or (``*_lpbq_int``)
+  uint8 k through a DequantizeLinear by c feeding the weight DequantizeLinear's scale, the explicit chain the
+  QNN EP fuses. ``conv_lpbq_block16`` has blocks of 16 and 48 input channels (an odd block count), which
+  decides whether the table may use blocks of 16;
+* biases are ``int32`` with ``scale = s_act · s_w`` (per channel where the weight is; LPBQ: s_act · c),
+  zero point 0;
 * shape/parameter inputs stay plain constants; ``fp16`` is the float model itself, no Q/DQ.
 
 Inputs are drawn from a generator seeded by the case name, so every process builds identical models.
@@ -33,6 +39,8 @@ PRECISIONS: dict[str, tuple[int, int] | None] = {
 #: Weightless ops: only these are probed, the others copied from the one of the same activation width.
 PROBED_WEIGHTLESS = ("a8w8", "a16w8", "fp16")
 DERIVED_FROM = {"a16w16": "a16w8", "a8w4": "a8w8", "a16w4": "a16w8"}
+#: LPBQ cases: 4-bit weights only; their other precisions are recorded as not applicable.
+LPBQ_PRECISIONS = ("a8w4", "a16w4")
 _UNSIGNED = {8: np.uint8, 16: np.uint16}
 _SIGNED = {4: ml_dtypes.int4, 8: np.int8, 16: np.int16}
 
@@ -67,6 +75,17 @@ class Weight:
 
 
 @dataclass(frozen=True, eq=False)
+class BlockWeight:
+    """An LPBQ weight: per block of ``block`` along ``block_axis``, one float scale per ``channel_axis``;
+    ``int_scales`` writes the integer block scales as uint8 through a DequantizeLinear."""
+    value: np.ndarray
+    channel_axis: int
+    block_axis: int
+    int_scales: bool = False
+    block: int = 32
+
+
+@dataclass(frozen=True, eq=False)
 class Bias:
     """An int32 bias whose scale is the product of the scales of input slots ``of``."""
     value: np.ndarray
@@ -85,7 +104,7 @@ class Param:
     value: np.ndarray
 
 
-Slot = Act | Indices | Condition | Weight | Bias | ActConst | Param | None
+Slot = Act | Indices | Condition | Weight | BlockWeight | Bias | ActConst | Param | None
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,7 +125,16 @@ class Case:
 
     @property
     def weighted(self) -> bool:
-        return any(isinstance(s, Weight) for s in self.make(np.random.default_rng(0)).inputs)
+        return any(isinstance(s, (Weight, BlockWeight)) for s in self.make(np.random.default_rng(0)).inputs)
+
+    @property
+    def lpbq(self) -> bool:
+        return any(isinstance(s, BlockWeight) for s in self.make(np.random.default_rng(0)).inputs)
+
+
+def case_precisions(key: str) -> tuple[str, ...]:
+    """The precisions a model can be built at for case ``key``."""
+    return LPBQ_PRECISIONS if CASES[key].lpbq else tuple(PRECISIONS)
 
 
 # ------------------------------------------------------------------------------------------ case table
@@ -115,6 +143,34 @@ X4 = (1, 8, 8, 8)
 
 def _w(rng, *shape):
     return (rng.standard_normal(shape) * 0.3).astype(np.float32)
+
+
+def _w_blocks(rng, *shape, axis, block=16):
+    """Like ``_w``, with every block along ``axis`` scaled by its own factor in [0.3, 3]."""
+    factor = np.repeat(rng.uniform(0.3, 3.0, shape[axis] // block), block).astype(np.float32)
+    view = [1] * len(shape)
+    view[axis] = -1
+    return _w(rng, *shape) * factor.reshape(view)
+
+
+def _lpbq_cases() -> list[Case]:
+    cases = []
+    for suffix, int_scales in (("", False), ("_int", True)):
+        variant = "lpbq" + suffix
+        cases += [
+            Case(f"conv_{variant}", "Conv", variant, lambda r, i=int_scales: OpSpec(
+                "Conv", [Act((1, 96, 8, 8)), BlockWeight(_w_blocks(r, 64, 96, 1, 1, axis=1), 0, 1, i),
+                         Bias(_w(r, 64))])),
+            Case(f"gemm_{variant}", "Gemm", variant, lambda r, i=int_scales: OpSpec(
+                "Gemm", [Act((1, 96)), BlockWeight(_w_blocks(r, 64, 96, axis=1), 0, 1, i), Bias(_w(r, 64))],
+                {"transB": 1})),
+            Case(f"matmul_{variant}", "MatMul", variant, lambda r, i=int_scales: OpSpec(
+                "MatMul", [Act((1, 8, 96)), BlockWeight(_w_blocks(r, 96, 64, axis=0), 1, 0, i)])),
+        ]
+    cases.append(Case("conv_lpbq_block16", "Conv", "lpbq_block16", lambda r: OpSpec(
+        "Conv", [Act((1, 48, 8, 8)), BlockWeight(_w_blocks(r, 64, 48, 1, 1, axis=1), 0, 1, block=16),
+                 Bias(_w(r, 64))])))
+    return cases
 
 
 def _u(rng, shape, low, high):
@@ -226,6 +282,7 @@ def _cases() -> list[Case]:
             "Gather", [ActConst(_u(r, (16, 8), -1, 1)), Indices((1, 4), 16)], {"axis": 0})),
         Case("where", "Where", "", lambda r: OpSpec("Where", [Condition(X4), Act(X4), Act(X4, -1, 3)])),
         Case("pad", "Pad", "", lambda r: OpSpec("Pad", [Act(X4), Param(_i64(0, 0, 1, 1, 0, 0, 1, 1))])),
+        *_lpbq_cases(),
     ]
     return c
 
@@ -362,6 +419,8 @@ def _qdq_input(graph: _Graph, spec: OpSpec, i: int, slot: Slot, feeds, bits, sca
         scales[i], zp = act_qparams(slot.value, act_bits)
         q = np.clip(np.round(slot.value / scales[i]) + zp.astype(np.int64), 0, 2**act_bits - 1)
         return graph.qdq(graph.const(f"c{i}_q", q.astype(zp.dtype)), f"c{i}", scales[i], zp, quantize=False)
+    if isinstance(slot, BlockWeight):
+        return _lpbq_weight(graph, i, slot, weight_bits, scales)
     if isinstance(slot, Weight):
         q, scales[i] = weight_quant(slot.value, slot.axis, weight_bits)
         zp = np.zeros(scales[i].shape, q.dtype)
@@ -375,13 +434,35 @@ def _qdq_input(graph: _Graph, spec: OpSpec, i: int, slot: Slot, feeds, bits, sca
                      quantize=False, axis=axis)
 
 
+def _lpbq_weight(graph: _Graph, i: int, slot: BlockWeight, bits: int, scales) -> str:
+    """The LPBQ weight exactly as onnxq's quantizer writes it (``onnxq.quant.qparams``)."""
+    from onnxq.quant.qparams import quantize_weight_lpbq
+    from onnxq.quant.spec import weight_spec
+
+    spec = weight_spec(f"int{bits}", slot.block_axis, block_size=slot.block, channel_axis=slot.channel_axis,
+                       block_scale_bits=4, int_block_scales=slot.int_scales)
+    lpbq = quantize_weight_lpbq(slot.value, spec)
+    scales[i] = lpbq.channel_scale
+    if slot.int_scales:
+        zero = np.zeros(lpbq.channel_scale.shape, np.uint8)
+        scale = graph.qdq(graph.const(f"c{i}_k", lpbq.block_ints), f"c{i}_k", lpbq.channel_scale, zero,
+                          quantize=False, axis=slot.channel_axis)
+    else:
+        scale = graph.const(f"c{i}_scale", lpbq.block_scales)
+    zero = graph.const(f"c{i}_zp", lpbq.zero)
+    graph.nodes.append(helper.make_node("DequantizeLinear", [graph.const(f"c{i}_q", lpbq.q), scale, zero],
+                                        [f"c{i}_dq"], name=f"c{i}_DQ", axis=slot.block_axis,
+                                        block_size=slot.block))
+    return f"c{i}_dq"
+
+
 @lru_cache(maxsize=64)
 def build_case(key: str, precision: str) -> BuiltCase:
     """The model of case ``key`` at ``precision`` (checked by onnx.checker), its inputs, output scales."""
     if key not in CASES:
         raise KeyError(f"unknown case {key!r}; known: {', '.join(CASES)}")
-    if precision not in PRECISIONS:
-        raise KeyError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
+    if precision not in case_precisions(key):
+        raise KeyError(f"precision {precision!r} for case {key!r}; known: {', '.join(case_precisions(key))}")
     rng = np.random.default_rng(zlib.crc32(key.encode()))
     spec = CASES[key].make(rng)
     feeds = _feeds(spec, rng)

@@ -73,8 +73,12 @@ def versions() -> dict[str, str]:
 
 def provider_options(soc_model: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     # offload_graph_io_quantization=1 (the default) hands the graph input Q and output DQ to the CPU EP;
-    # 0 keeps them on the HTP, which full offload means.
-    options = {"backend_type": "htp", "soc_model": str(soc_model), "offload_graph_io_quantization": "0"}
+    # 0 keeps them on the HTP, which full offload means. enable_block_quant_weight_optimization=1 turns a
+    # blocked int4 weight DequantizeLinear into LPBQ (BLOCKWISE_EXPANSION, c = max block scale / 16, k =
+    # round(s_b / c)): exact for onnxq's LPBQ scales, which are k·c with k = 16 somewhere in every channel.
+    # Off (the default), the EP runs such Convs/MatMuls in fp16 (BW_FLOAT_BLOCK).
+    options = {"backend_type": "htp", "soc_model": str(soc_model), "offload_graph_io_quantization": "0",
+               "enable_block_quant_weight_optimization": "1"}
     options.update(extra or {})
     return options
 

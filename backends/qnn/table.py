@@ -6,6 +6,14 @@ fixed output ranges where the kernel requires them). *Which* rows and precisions
 ``tools/qnn_probe.py`` compiles one-op models per arch on the simulator and records what ran fully on the
 HTP; a row or precision the probe did not see run is not in the table. The table is full-offload: the HTP
 runs only quantized ops, so every covered op is quantized, graph inputs and outputs included.
+
+int4 weights (a8w4, a16w4) are LPBQ where the probe's ``*_lpbq`` cases ran accurately for the row: int4 per
+block of 64 input channels (32 where they do not divide; 16 only where the probe's ``conv_lpbq_block16`` ran
+accurately: from v69 the HTP computes 16-blocks wrongly when their count is odd), block scales k·c with k in
+[1, 16] and one float c per output channel. Each row takes the LPBQ form its probe cases accepted at more
+precisions: float32 block scales (which the EP turns into LPBQ, ``enable_block_quant_weight_optimization``; probe 2.7:
+pointwise Conv and MatMul, Gemm from v73, 16-bit activations only) or uint8 k through a DequantizeLinear
+(the explicit chain the EP fuses; MatMul at both widths). Other weights stay int4 per channel.
 """
 
 from __future__ import annotations
@@ -22,7 +30,9 @@ from onnxq.backends.capability import (
     Precision,
     RowKind,
     conv_weight_axis,
+    gemm_block_axis,
     gemm_weight_axis,
+    matmul_block_axis,
     matmul_weight_axis,
 )
 from onnxq.backends.qnn.socs import Soc
@@ -38,6 +48,11 @@ PRECISIONS = {
     "a8w4": Precision("a8w4", activation_spec("uint8"), "int4", level=-2),
     "a16w4": Precision("a16w4", activation_spec("uint16"), "int4", level=-1),
 }
+#: what an int4 precision gains on an arch where some row takes its weights as LPBQ
+LPBQ = {"weight_block_size": 64, "weight_block_scale_bits": 4}
+#: probe case with blocks of 16 (an odd count of them): where it ran accurately the smallest block is 16,
+#: else 32
+BLOCK16_CASE, SMALLEST_BLOCK = "conv_lpbq_block16", {True: 16, False: 32}
 
 
 @dataclass(frozen=True)
@@ -50,6 +65,11 @@ class RowSpec:
     per_channel_case: str | None = None
     #: probe case that runs with a calibrated output range; if it is refused, the fixed range is required
     calibrated_case: str | None = None
+    #: probe cases of LPBQ weights (float32 block scales, uint8 block scales + DequantizeLinear): where one
+    #: ran, the row's int4 weights become LPBQ at those precisions (the form that ran at more of them)
+    lpbq_cases: tuple[str, str] | None = None
+    #: said in the row's note when it takes LPBQ weights
+    lpbq_note: str = ""
 
 
 def _conv_ok(match: Match) -> str | None:
@@ -59,6 +79,18 @@ def _conv_ok(match: Match) -> str | None:
     if len(weight.const_value.shape) not in (3, 4):
         return f"{match.anchor.op_type} {len(weight.const_value.shape) - 2}-D: only 1-D/2-D were probed"
     return None
+
+
+def _pointwise_conv_block_axis(node, index: int) -> int | None:
+    """The EP's LPBQ Conv takes one block scale per (output channel, block): 2-D 1x1 Convs, group 1."""
+    weight = node.inputs[1] if index == 1 and len(node.inputs) > 1 else None
+    if node.op_type != "Conv" or weight is None or weight.const_value is None:
+        return None
+    group = node.attributes.get("group")
+    shape = weight.const_value.shape
+    if len(shape) != 4 or tuple(shape[2:]) != (1, 1) or (group is not None and group.value != 1):
+        return None
+    return 1
 
 
 def _matmul_ok(match: Match) -> str | None:
@@ -74,15 +106,22 @@ def _row_specs() -> tuple[RowSpec, ...]:
     passthrough = dict(kind=RowKind.PASSTHROUGH, precisions=tuple(PRECISIONS))
     specs = [
         RowSpec(PatternRow("conv", ("Conv",), weight_axis=conv_weight_axis, bias_input=2, check=_conv_ok,
-                           **compute), ("conv", "conv_depthwise", "conv1d")),
+                           block_axis=_pointwise_conv_block_axis, **compute),
+                ("conv", "conv_depthwise", "conv1d"),
+                lpbq_cases=("conv_lpbq", "conv_lpbq_int"),
+                lpbq_note="per-block (LPBQ) weights only for 1x1 Convs of group 1: the EP's LPBQ Conv takes "
+                          "one block scale per output channel and block; other Convs stay per channel"),
         RowSpec(PatternRow("convtranspose", ("ConvTranspose",), weight_axis=conv_weight_axis, bias_input=2,
                            check=_conv_ok, **compute), ("convtranspose",)),
-        RowSpec(PatternRow("gemm", ("Gemm",), weight_axis=gemm_weight_axis, bias_input=2, **compute),
-                ("gemm_per_tensor",), per_channel_case="gemm"),
+        RowSpec(PatternRow("gemm", ("Gemm",), weight_axis=gemm_weight_axis, bias_input=2,
+                           block_axis=gemm_block_axis, **compute),
+                ("gemm_per_tensor",), per_channel_case="gemm", lpbq_cases=("gemm_lpbq", "gemm_lpbq_int")),
         RowSpec(PatternRow("matmul", ("MatMul",), weight_axis=matmul_weight_axis, check=_matmul_ok,
+                           block_axis=matmul_block_axis,
                            note="constant B per tensor unless the probe saw per-channel run; A·B of two "
                                 "activations both per tensor", **compute),
-                ("matmul_const_per_tensor", "matmul_act"), per_channel_case="matmul_const"),
+                ("matmul_const_per_tensor", "matmul_act"), per_channel_case="matmul_const",
+                lpbq_cases=("matmul_lpbq", "matmul_lpbq_int")),
         RowSpec(PatternRow("concat", ("Concat",), RowKind.SHARED, tuple(PRECISIONS),
                            note="one scale for inputs and output; dissolved when ranges differ > 10x"),
                 ("concat",)),
@@ -157,12 +196,19 @@ def build_table(soc: Soc, capabilities: dict | None = None) -> CapabilityTable:
         if spec.calibrated_case is not None and set(precisions) <= _accepted(
                 data, spec.calibrated_case, overridden=False):
             changes["fixed_output"] = None  # the kernel takes any range at every width: calibrate it
+        if spec.lpbq_cases is not None:
+            changes.update(_lpbq_changes(data, spec.lpbq_cases, precisions))
+            if changes.get("block_precisions") and spec.lpbq_note:
+                changes["note"] = "; ".join(filter(None, (spec.row.note, spec.lpbq_note)))
         rows.append(_replace(spec.row, **changes))
     # A precision exists on an arch when some compute row has it (weightless rows accept every activation
     # width, so they would list a16w16 even where no convolution runs it).
     used = {p for row in rows if row.kind is RowKind.COMPUTE for p in row.precisions} | {"a8w8"}
-    rows = [_replace(row, precisions=tuple(p for p in row.precisions if p in used)) for row in rows]
-    precisions = {name: p for name, p in PRECISIONS.items() if name in used}
+    rows = [_replace(row, precisions=tuple(p for p in row.precisions if p in used),
+                     block_precisions=tuple(p for p in row.block_precisions if p in used)) for row in rows]
+    blocked, small_blocks = {p for row in rows for p in row.block_precisions}, _accepted(data, BLOCK16_CASE)
+    precisions = {name: _replace(p, **LPBQ, weight_min_block_size=SMALLEST_BLOCK[name in small_blocks])
+                  if name in blocked else p for name, p in PRECISIONS.items() if name in used}
     notes = [f"rows and precisions from tools/qnn_probe.py on the HTP simulator "
              f"(onnxruntime-qnn {capabilities_version(capabilities)})"]
     fp16 = _fp16_note(data)
@@ -185,6 +231,19 @@ def build_table(soc: Soc, capabilities: dict | None = None) -> CapabilityTable:
     )
 
 
+def _lpbq_changes(arch_data: dict, cases: tuple[str, str], precisions: tuple[str, ...]) -> dict:
+    """Row changes for LPBQ weights: the precisions whose LPBQ case ran, in the form that ran at more of
+    them (ties: the uint8 chain, which needs no EP option and is smaller); none: per-channel int4."""
+    float_case, int_case = cases
+    as_float = [p for p in precisions if p in _accepted(arch_data, float_case)]
+    as_int = [p for p in precisions if p in _accepted(arch_data, int_case)]
+    if not as_float and not as_int:
+        return {}
+    if len(as_int) >= len(as_float):
+        return {"block_precisions": tuple(as_int), "int_block_scales": True}
+    return {"block_precisions": tuple(as_float), "int_block_scales": False}
+
+
 def _fp16_note(arch_data: dict) -> str | None:
     """FP16 availability, from the probe's float runs of Conv (v68 runs them in fp32: not fp16)."""
     result = arch_data["cases"].get("conv", {}).get("results", {}).get("fp16", {})
@@ -199,7 +258,7 @@ def capabilities_version(capabilities: dict | None = None) -> str:
     return (capabilities or load_capabilities()).get("versions", {}).get("onnxruntime_qnn", "?")
 
 
-def _replace(row: PatternRow, **changes) -> PatternRow:
+def _replace(row, **changes):
     from dataclasses import replace
 
     return replace(row, **changes)

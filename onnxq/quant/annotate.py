@@ -156,19 +156,37 @@ class QuantPlan:
         for annotation in self.static_annotations():
             if annotation.row.kind is not RowKind.COMPUTE:
                 continue
-            precision = self.table.precisions[annotation.precision]
             anchor = annotation.nodes[0]
             for index in _weight_indices(annotation):
-                value = anchor.inputs[index]
-                axis = None
-                if precision.weight_per_channel and annotation.row.weight_axis is not None:
-                    axis = annotation.row.weight_axis(anchor, index)
-                    if axis is not None:
-                        axis %= len(value.const_value.shape)
-                uses.append(WeightUse(anchor, index, weight_spec(
-                    precision.weight_dtype, axis, block_size=precision.weight_block_size,
-                )))
+                uses.append(WeightUse(anchor, index, self._weight_spec(annotation, index)))
         return uses
+
+    def _weight_spec(self, annotation: Annotation, index: int) -> QuantSpec:
+        """Per channel on the row's weight axis, or per block along its block axis where the row takes the
+        precision's per-block weights and the input channels divide into two blocks or more (one block is
+        per-channel quantization with extra steps; see PatternRow)."""
+        precision = self.table.precisions[annotation.precision]
+        row, anchor = annotation.row, annotation.nodes[0]
+        shape = anchor.inputs[index].const_value.shape
+        axis = None
+        if precision.weight_per_channel and row.weight_axis is not None:
+            axis = row.weight_axis(anchor, index)
+            if axis is not None:
+                axis %= len(shape)
+        block_axis = row.block_axis(anchor, index) if row.block_axis is not None else None
+        if (axis is None or block_axis is None or not precision.weight_block_size
+                or annotation.precision not in row.block_precisions):
+            return weight_spec(precision.weight_dtype, axis)
+        block_axis %= len(shape)
+        block, bits = precision.weight_block_size, precision.weight_block_scale_bits
+        smallest = precision.weight_min_block_size or block
+        while block >= smallest and block_axis != axis:
+            if shape[block_axis] % block == 0 and shape[block_axis] >= 2 * block:
+                return weight_spec(precision.weight_dtype, block_axis, block_size=block, channel_axis=axis,
+                                   block_scale_bits=bits,
+                                   int_block_scales=row.int_block_scales and bool(bits))
+            block //= 2
+        return weight_spec(precision.weight_dtype, axis)
 
     @staticmethod
     def _has_bias(annotation: Annotation) -> bool:

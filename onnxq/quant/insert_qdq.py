@@ -4,8 +4,10 @@
   pair per tensor, shared by all consumers, as runtimes expect. A graph output in the plan (full-offload
   targets) becomes the DQ output under T's name, and the float producer's tensor is renamed ``T_float``.
 * Weight W (per-channel on the op's output-channel axis): stored quantized, ``DequantizeLinear(W_q, s, z,
-  axis)`` feeds the op.
-* Bias b of Conv/Gemm: int32 with ``s_b = s_act · s_w`` and zero point 0, so runtimes fuse it exactly.
+  axis)`` feeds the op. An LPBQ weight (per-block, block scales k·c) is a blocked DequantizeLinear whose
+  scale is the float32 k·c, or, with ``int_block_scales``, ``DequantizeLinear(k uint8, c, 0)``'s output.
+* Bias b of Conv/Gemm: int32 with ``s_b = s_act · s_w`` (LPBQ: ``s_act · c``) and zero point 0, so runtimes
+  fuse it exactly.
 
 The model's default opset is raised first when a spec needs it (per-channel 13, 16/4-bit 21).
 """
@@ -171,6 +173,14 @@ def insert_qdq(model: ir.Model, plan: QuantPlan, activations: dict[str, TensorQP
             # a constant activation-like input (full offload): a mask's -3.4e38 becomes -1e4, see SENTINEL
             array = np.clip(array, -qparams.SENTINEL_LIMIT, qparams.SENTINEL_LIMIT) if np.any(
                 np.abs(array) >= qparams.SENTINEL) else array
+        if use.spec.block_scale_bits is not None:
+            nodes, channel_scale = _lpbq_weight(model, names, weight, array, use.spec,
+                                                min_scales.get((id(use.node), use.input_index)))
+            model.graph.insert_before(use.node, nodes)
+            use.node.replace_input_with(use.input_index, nodes[-1].outputs[0])
+            weight_scales[(id(use.node), use.input_index)] = channel_scale  # bias scale: s_act · c
+            added += len(nodes)
+            continue
         q_array, scale, zero = qparams.quantize_weight(
             array, use.spec, name=weight.name, min_scale=min_scales.get((id(use.node), use.input_index))
         )
@@ -189,7 +199,8 @@ def insert_qdq(model: ir.Model, plan: QuantPlan, activations: dict[str, TensorQP
         _copy_type(weight, dq.outputs[0])
         model.graph.insert_before(use.node, [dq])
         use.node.replace_input_with(use.input_index, dq.outputs[0])
-        weight_scales[(id(use.node), use.input_index)] = scale
+        if use.spec.block_size is None:  # plain per-block weights have no per-channel scale: float bias
+            weight_scales[(id(use.node), use.input_index)] = scale
         added += 1
 
     for use in sorted(bias_uses, key=lambda u: u.node.name):
@@ -268,6 +279,41 @@ def _channel_shaped_dq(model: ir.Model, names: _Names, quantized: ir.Value, sour
     dq.outputs[0].name = names(f"{base}_float_reader")
     _copy_type(source, dq.outputs[0])
     return dq
+
+
+def _lpbq_weight(model: ir.Model, names: _Names, weight: ir.Value, array: np.ndarray, spec: QuantSpec,
+                 min_scale: np.ndarray | None) -> tuple[list[ir.Node], np.ndarray]:
+    """DequantizeLinear node(s) of an LPBQ weight and its per-channel scale c.
+
+    Float form: ``DQ(W_q, k·c, 0; axis, block_size)``. Integer form (``spec.int_block_scales``): the block
+    scales come from ``DQ(k uint8, c, 0; axis=channel_axis)`` feeding that DQ's scale input, the pattern
+    ONNX Runtime's QNN EP fuses into one LPBQ (BLOCKWISE_EXPANSION) weight.
+    """
+    lpbq = qparams.quantize_weight_lpbq(array, spec, name=weight.name, min_scale=min_scale)
+    base, nodes = weight.name, []
+    if spec.int_block_scales:
+        ints = _const(model, names, f"{base}_block_scale_ints", lpbq.block_ints)
+        channel = _const(model, names, f"{base}_channel_scale", lpbq.channel_scale)
+        zeros = _const(model, names, f"{base}_block_scale_zero_point",
+                       np.zeros(lpbq.channel_scale.shape, np.uint8))
+        scale_dq = ir.node("DequantizeLinear", [ints, channel, zeros], attributes={"axis": spec.channel_axis},
+                           name=names(f"{base}_block_scale_DequantizeLinear"))
+        scale_dq.outputs[0].name = names(f"{base}_scale")
+        scale_dq.outputs[0].dtype = ir.DataType.FLOAT
+        scale_dq.outputs[0].shape = ir.Shape(lpbq.block_ints.shape)
+        nodes.append(scale_dq)
+        scale_value = scale_dq.outputs[0]
+    else:
+        scale_value = _const(model, names, f"{base}_scale", lpbq.block_scales)
+    q_value = _const(model, names, f"{base}_quantized", lpbq.q)
+    zero_value = _const(model, names, f"{base}_zero_point", lpbq.zero)
+    dq = ir.node("DequantizeLinear", [q_value, scale_value, zero_value],
+                 attributes={"axis": spec.axis, "block_size": spec.block_size},
+                 name=names(f"{base}_DequantizeLinear"))
+    dq.outputs[0].name = names(f"{base}_dequantized")
+    _copy_type(weight, dq.outputs[0])
+    nodes.append(dq)
+    return nodes, lpbq.channel_scale
 
 
 def _bias_safe_weight_scales(bias_uses, activations) -> dict[tuple[int, int], np.ndarray]:

@@ -2,6 +2,9 @@
 
 * ``QuantSpec``: dtype, granularity (per-tensor, per-channel with axis, per-block with axis and block size),
   symmetric or affine. Invalid combinations fail in ``__post_init__`` with a message that says what is wrong.
+  A per-block spec may quantize its block scales too (``block_scale_bits``, LPBQ, Qualcomm's "low power
+  blockwise quantization"): each block scale is an integer ``k`` in ``[1, 2^bits]`` times one float scale per
+  output channel (``channel_axis``), so the runtime stores 4-bit weights plus a few bits per block.
 * ``SharedSpec``: tensors that must share one scale (Concat inputs and output, a residual Add where the
   target needs it): the engine unions their calibrated ranges.
 * ``DerivedSpec``: a tensor whose parameters follow from others, e.g. the int32 bias of Conv/Gemm with
@@ -75,6 +78,13 @@ class QuantSpec:
     axis: int | None = None
     block_size: int | None = None
     symmetric: bool = False
+    #: per-block only: the output-channel axis, which LPBQ's float scales run along
+    channel_axis: int | None = None
+    #: per-block only (LPBQ): block scales are integers in [1, 2^bits] times a float scale per channel
+    block_scale_bits: int | None = None
+    #: LPBQ only: write the integer block scales as uint8 read through a DequantizeLinear by the per-channel
+    #: scale (the explicit LPBQ chain) rather than as float32 block scales of the same values
+    int_block_scales: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.dtype, QDType):
@@ -96,6 +106,19 @@ class QuantSpec:
                 raise ValueError(f"block_size must be a power of two >= 2, got {self.block_size}")
         if self.dtype in (QDType.INT4, QDType.UINT4) and self.granularity is Granularity.PER_TENSOR:
             raise ValueError("4-bit quantization per tensor loses too much; use per-channel or per-block")
+        if self.channel_axis is not None and self.granularity is not Granularity.PER_BLOCK:
+            raise ValueError("channel_axis is for per-block specs (per-channel specs use axis)")
+        if self.block_scale_bits is not None:
+            if self.granularity is not Granularity.PER_BLOCK or not self.symmetric:
+                raise ValueError("quantized block scales (LPBQ) need a symmetric per-block spec")
+            if self.channel_axis is None or self.channel_axis == self.axis:
+                raise ValueError("quantized block scales (LPBQ) need a channel_axis other than the block "
+                                 "axis")
+            if not 1 <= self.block_scale_bits <= 7:
+                raise ValueError(f"block_scale_bits must be in 1..7 (uint8 storage), got "
+                                 f"{self.block_scale_bits}")
+        elif self.int_block_scales:
+            raise ValueError("int_block_scales needs block_scale_bits (integer block scales are LPBQ's)")
 
     @property
     def min_opset(self) -> int:
@@ -113,6 +136,9 @@ class QuantSpec:
             parts.append(f"axis={self.axis}")
         if self.block_size is not None:
             parts.append(f"block={self.block_size}")
+        if self.block_scale_bits is not None:
+            parts.append(f"lpbq(channel_axis={self.channel_axis}, {self.block_scale_bits}-bit block scales"
+                         + (", uint8+DQ" if self.int_block_scales else "") + ")")
         parts.append("sym" if self.symmetric else "asym")
         return " ".join(parts)
 
@@ -151,11 +177,16 @@ def activation_spec(dtype: str, *, symmetric: bool = False) -> QuantSpec:
     return QuantSpec(QDType.parse(dtype), Granularity.PER_TENSOR, symmetric=symmetric)
 
 
-def weight_spec(dtype: str, axis: int | None, *, block_size: int | None = None) -> QuantSpec:
-    """Symmetric weights: per-channel on ``axis``, per-block if ``block_size``, else per-tensor."""
+def weight_spec(dtype: str, axis: int | None, *, block_size: int | None = None,
+                channel_axis: int | None = None, block_scale_bits: int | None = None,
+                int_block_scales: bool = False) -> QuantSpec:
+    """Symmetric weights: per-channel on ``axis``, per-block along ``axis`` if ``block_size`` (LPBQ with
+    ``block_scale_bits`` and the output channels on ``channel_axis``), else per-tensor."""
     qdtype = QDType.parse(dtype)
     if block_size is not None:
-        return QuantSpec(qdtype, Granularity.PER_BLOCK, axis=axis, block_size=block_size, symmetric=True)
+        return QuantSpec(qdtype, Granularity.PER_BLOCK, axis=axis, block_size=block_size, symmetric=True,
+                         channel_axis=channel_axis, block_scale_bits=block_scale_bits,
+                         int_block_scales=int_block_scales)
     if axis is None:
         return QuantSpec(qdtype, Granularity.PER_TENSOR, symmetric=True)
     return QuantSpec(qdtype, Granularity.PER_CHANNEL, axis=axis, symmetric=True)
