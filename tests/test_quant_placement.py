@@ -291,3 +291,21 @@ def test_silu_between_convs_is_quantized_on_ort_but_mul_by_constant_is_not():
     scale_mul = next(n for n in proto.graph.node if n.op_type == "Mul" and n is not silu_mul)
     assert scale_mul.output[0] == "y" and _init(proto, scale_mul.input[1]).dtype == np.float32  # float Mul
     assert report.budget_met
+
+
+def test_score_sigmoid_before_a_float_head_stays_float_on_ort():
+    """A neighbour op no quantized op reads would only add a Q/DQ pair (8-bit scores before a float Concat)."""
+    rng = np.random.default_rng(11)
+    model = parse(f"""
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float[1, 3, 8, 8] x) => (float[1, 7, 8, 8] y) <float[4, 3, 3, 3] w = {{{_weights(rng, (4, 3, 3, 3))}}}> {{
+      c = Conv <pads = [1, 1, 1, 1]> (x, w)
+      s = Sigmoid(c)
+      y = Concat <axis = 1> (s, x)
+    }}
+    """)
+    plan, proto = _quantize(model, _samples((1, 3, 8, 8)))
+    assert [a.row.name for a in plan.annotations] == ["conv"]
+    sigmoid = next(n for n in proto.graph.node if n.op_type == "Sigmoid")
+    assert _producer(proto, sigmoid.input[0]).op_type == "DequantizeLinear"  # the Conv's int8 output
+    assert [n.op_type for n in proto.graph.node if sigmoid.output[0] in n.input] == ["Concat"]

@@ -210,6 +210,20 @@ class QuantPlan:
         return uses
 
 
+def _drop_dead_ends(plan: QuantPlan) -> None:
+    """CPU targets: a neighbour op (elementwise, data movement) whose outputs no quantized op reads would
+    only add a Q/DQ pair before a float consumer: it runs float instead. A detector's score Sigmoid before
+    the float Concat of its head keeps its float scores; the quantized Conv before it still runs int8."""
+    while True:
+        inside = {id(node) for annotation in plan.static_annotations() for node in annotation.nodes}
+        dead = [annotation for annotation in plan.static_annotations()
+                if annotation.row.kind is not RowKind.COMPUTE
+                and not any(id(use.node) in inside for out in annotation.nodes[-1].outputs for use in out.uses())]
+        if not dead:
+            return
+        plan.annotations = [a for a in plan.annotations if all(a is not d for d in dead)]
+
+
 def _is_constant(value: ir.Value | None) -> bool:
     return value is not None and value.const_value is not None
 
@@ -351,6 +365,8 @@ def annotate(
 
     sweep({RowKind.COMPUTE})
     sweep({RowKind.ELEMENTWISE, RowKind.PASSTHROUGH, RowKind.SHARED})
+    if not table.full_offload:
+        _drop_dead_ends(plan)
     for node in nodes:  # say so, rather than leave a model with its work in a branch "0 layers quantized"
         inner = [n for attr in node.attributes.values() if attr.type in (ir.AttributeType.GRAPH,
                  ir.AttributeType.GRAPHS) for g in (attr.value if isinstance(attr.value, list) else [attr.value])

@@ -182,7 +182,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     result["notes"] += notes
     result["samples"] = len(feeds)
     reference, _ = run_timed(make_session(args.fp32, 0), feeds)  # FP32 on ORT's CPU provider
-    if task := tasks.score(args.model, reference, labels):
+    if task := tasks.score(args.model, reference, labels, reference=reference):
         result["task_metric"], result["fp32_task"] = task.metric, task.value
     session = offload["session"]
     if session is None:
@@ -195,7 +195,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     result["simulator_s_per_sample"] = float(np.median(seconds))
     result["outputs"] = compare_outputs(reference, outputs)
     in_order = [{name: o[name] for name in reference[0] if name in o} for o in outputs]
-    if task := tasks.score(args.model, in_order, labels):
+    if task := tasks.score(args.model, in_order, labels, reference=reference):
         result["task"] = task.value
     return result
 
