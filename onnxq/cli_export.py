@@ -38,7 +38,7 @@ def export(
         stderr.print(
             f"{resolved.name}: {report.placement['total_nodes'] - len(report.placement['refused'])} of "
             f"{report.placement['total_nodes']} nodes on the HTP; run back on the simulator: max difference "
-            f"{check['max_diff_lsb']:.2f} quantization steps from the QDQ model on CPU", soft_wrap=True)
+            f"{check['max_diff_lsb']:.2f} 8-bit steps of the output range from the QDQ model on CPU", soft_wrap=True)
         if FLAGS.verbose:
             stderr.print(json.dumps(report.files, indent=1))
     info(f"wrote {', '.join(sorted(report.files))} and {Path(model).stem}_export.json to {output}")

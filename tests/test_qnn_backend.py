@@ -377,3 +377,22 @@ def test_attention_mask_sentinel_does_not_flatten_the_softmax():
     probabilities = numerics.run_model(quantized, {"x": rng.normal(size=(1, 8, 16)).astype(np.float32),
                                                    "mask": mask})["y"]
     assert probabilities[..., 10:].max() < 0.01  # masked keys get no attention
+
+
+def test_runback_steps_are_8_bit_steps_of_the_output_range():
+    """A 16-bit output is held to the absolute accuracy of an 8-bit one: its step counts 65535/255 times."""
+    from onnx import helper, numpy_helper
+
+    from onnxq.backends.qnn.export import _output_steps
+
+    def model(zero_dtype):
+        inits = [numpy_helper.from_array(np.array(0.01, np.float32), "s"),
+                 numpy_helper.from_array(np.array(0, zero_dtype), "z")]
+        graph = helper.make_graph([helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+                                   helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])], "g",
+                                  [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
+                                  [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])], inits)
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+
+    assert _output_steps(model(np.uint8)) == {"y": pytest.approx(0.01)}
+    assert _output_steps(model(np.uint16)) == {"y": pytest.approx(0.01 * 65535 / 255)}
