@@ -309,3 +309,39 @@ def test_score_sigmoid_before_a_float_head_stays_float_on_ort():
     sigmoid = next(n for n in proto.graph.node if n.op_type == "Sigmoid")
     assert _producer(proto, sigmoid.input[0]).op_type == "DequantizeLinear"  # the Conv's int8 output
     assert [n.op_type for n in proto.graph.node if sigmoid.output[0] in n.input] == ["Concat"]
+
+
+def test_fixed_range_input_of_a_concat_keeps_its_range_and_is_converted():
+    """QNN fixes a 16-bit Sigmoid's output to [0, 1]. Concatenated with box coordinates (0..50), the shared
+    scale must cover the boxes; the Sigmoid keeps [0, 1] and the Concat reads a converted copy. (Sharing
+    the fixed range clipped a YOLO head's boxes to 1: 0.99 error whatever the precision.)"""
+    rng = np.random.default_rng(12)
+    model = parse(f"""
+    <ir_version: 10, opset_import: ["" : 21]>
+    g (float[1, 3, 8, 8] x) => (float[1, 8, 8, 8] y) <float[4, 3, 3, 3] w = {{{_weights(rng, (4, 3, 3, 3))}}},
+        float[4, 3, 3, 3] w2 = {{{_weights(rng, (4, 3, 3, 3), scale=10.0)}}}> {{
+      boxes = Conv <pads = [1, 1, 1, 1]> (x, w2)
+      c = Conv <pads = [1, 1, 1, 1]> (x, w)
+      s = Sigmoid(c)
+      y = Concat <axis = 1> (boxes, s)
+    }}
+    """)
+    table = resolve_target("qnn:sm8550").table()
+    plan = annotate(model, table, precision="a16w8")
+    samples = _samples((1, 3, 8, 8))
+    reference = [numerics.run_model(model, s) for s in samples]
+    stats = naive_stats(model, sorted(plan.activation_specs()), samples)
+    build_qdq_model(model, plan, stats, method="minmax", percentile=100.0)
+    proto = ir.to_proto(model)
+    onnx.checker.check_model(proto, full_check=True)
+    sigmoid = next(n for n in proto.graph.node if n.op_type == "Sigmoid")
+    sigmoid_q = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == sigmoid.output[0])
+    assert _init(proto, sigmoid_q.input[1]) == pytest.approx(1 / 65536, rel=0.01)  # the fixed [0, 1] range
+    concat = next(n for n in proto.graph.node if n.op_type == "Concat")
+    scores_in = _producer(proto, concat.input[1])
+    assert _producer(proto, scores_in.input[0]).op_type == "QuantizeLinear"  # a converted copy
+    assert _producer(proto, _producer(proto, scores_in.input[0]).input[0]).op_type == "DequantizeLinear"
+    box_scale = float(_init(proto, _producer(proto, concat.input[0]).input[1]))
+    assert box_scale == float(_init(proto, scores_in.input[1])) and box_scale * 65535 >= 20.0
+    got = [numerics.run_model(proto.SerializeToString(), s) for s in samples]
+    assert metrics.output_errors(reference, got)["y"] < 0.01

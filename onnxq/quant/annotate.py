@@ -90,14 +90,14 @@ class QuantPlan:
                     specs[value.name] = precision.activation
         return specs
 
-    def shared_links(self) -> list[tuple[str, ...]]:
-        """Groups of tensor names that must share one scale (PASSTHROUGH and SHARED rows)."""
+    def shared_links(self) -> list[tuple[RowKind, tuple[str, ...]]]:
+        """Groups of tensor names that must share one scale (PASSTHROUGH and SHARED rows), with the kind."""
         links = []
         for annotation in self.static_annotations():
             if annotation.row.kind in (RowKind.PASSTHROUGH, RowKind.SHARED):
                 names = [v.name for v in _activation_inputs(annotation) + self.outputs_of(annotation)]
                 if len(names) > 1:
-                    links.append(tuple(names))
+                    links.append((annotation.row.kind, tuple(names)))
         return links
 
     def static_annotations(self) -> list[Annotation]:

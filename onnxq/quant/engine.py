@@ -88,15 +88,22 @@ def activation_qparams(
     groups = _UnionFind()
     for name in specs:
         groups.find(name)
-    for link in plan.shared_links():
-        members = [n for n in link if n in specs]
-        for other in members[1:]:
-            groups.union(members[0], other)
+    links = [(kind, [n for n in names if n in specs]) for kind, names in plan.shared_links()]
+    for kind, members in links:
+        if kind is RowKind.PASSTHROUGH:
+            _union_all(groups, members)
     clamped = set()  # inputs of clamps: their group's range is the clamp output's, not theirs
     for source, clamp_output in plan.clamp_links():
         if source in specs and clamp_output in specs:
             groups.union(source, clamp_output)
             clamped.add(source)
+    # A Concat's inputs and output share one scale, except an input whose range a kernel fixes (a YOLO
+    # head's class-score Sigmoid on QNN, [0, 1], next to box coordinates 0..640): it keeps its fixed range
+    # and the Concat reads a converted copy (shared_input_conversions), rather than clip the boxes to 1.
+    fixed_roots = {groups.find(name) for name in plan.fixed_outputs() if name in specs}
+    for kind, members in links:
+        if kind is RowKind.SHARED:
+            _union_all(groups, [n for n in members if groups.find(n) not in fixed_roots])
     ranges: dict[str, tuple[float, float]] = {}
     # Members of a group share the widest spec (a 16-bit member makes the whole group 16-bit).
     group_specs: dict[str, QuantSpec] = {}
@@ -125,6 +132,30 @@ def activation_qparams(
         scale, zero = qparams.qparams_from_range(*ranges[root], group_specs[root], name=name)
         result[name] = TensorQParams(scale, zero, group_specs[root])
     return result
+
+
+def _union_all(groups: _UnionFind, names: list[str]) -> None:
+    for other in names[1:]:
+        groups.union(names[0], other)
+
+
+def shared_input_conversions(plan: QuantPlan, params: Mapping[str, TensorQParams]) -> list[Conversion]:
+    """A shared op (Concat) reads an input whose parameters differ from its output's (a fixed-range input,
+    see ``activation_qparams``) through a converted copy at the output's parameters."""
+    conversions = []
+    for annotation in plan.static_annotations():
+        if annotation.row.kind is not RowKind.SHARED:
+            continue
+        outputs = [params[v.name] for v in plan.outputs_of(annotation) if v.name in params]
+        if not outputs:
+            continue
+        anchor = annotation.nodes[0]
+        for index, value in enumerate(anchor.inputs):
+            current = params.get(value.name) if value is not None else None
+            if current is not None and (not np.array_equal(current.scale, outputs[0].scale)
+                                        or not np.array_equal(current.zero_point, outputs[0].zero_point)):
+                conversions.append(Conversion(value.name, anchor, index, outputs[0]))
+    return conversions
 
 
 def width_conversions(plan: QuantPlan, params: Mapping[str, TensorQParams]) -> list[Conversion]:
@@ -172,7 +203,8 @@ def float_readers(model: ir.Model, plan: QuantPlan, params: Mapping[str, TensorQ
 def build_qdq_model(model: ir.Model, plan: QuantPlan, stats: Mapping, *, method: str, percentile: float) -> int:
     """Insert Q/DQ into ``model`` (the one ``plan`` was annotated on). Returns the Q/DQ node count."""
     params = activation_qparams(plan, stats, method=method, percentile=percentile)
-    added = insert_qdq(model, plan, params, width_conversions(plan, params), float_readers(model, plan, params))
+    conversions = width_conversions(plan, params) + shared_input_conversions(plan, params)
+    added = insert_qdq(model, plan, params, conversions, float_readers(model, plan, params))
     if plan.dynamic_annotations():
         from onnxq.quant.dynamic import rewrite_dynamic
 
