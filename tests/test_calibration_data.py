@@ -44,10 +44,11 @@ def test_npz_with_rank_equal_to_the_inputs(tmp_path: Path, model):
     np.savez(tmp_path / "c.npz", x=x, s=s)
     data = CalibrationData.from_source(tmp_path / "c.npz", model, holdout=3)
     samples = list(data)
-    assert data.num_samples == 7 and ids(samples) == list(range(7))
-    assert samples[2]["x"].shape == (1, 3, 5, 7) and np.array_equal(samples[2]["x"], x[2:3])
-    assert ids(data.holdout_samples) == [7, 8, 9]
-    assert ids(data) == list(range(7))  # re-iterable: read again from disk
+    # held out: 3 samples spread over the 10 (every k-th, the last included), not the last 3
+    assert data.num_samples == 7 and ids(samples) == [0, 1, 3, 4, 6, 7, 8]
+    assert samples[2]["x"].shape == (1, 3, 5, 7) and np.array_equal(samples[2]["x"], x[3:4])
+    assert ids(data.holdout_samples) == [2, 5, 9]
+    assert ids(data) == [0, 1, 3, 4, 6, 7, 8]  # re-iterable: read again from disk
 
 
 def test_npz_with_an_extra_leading_axis_and_limit(tmp_path: Path, model):
@@ -66,16 +67,16 @@ def test_folder_of_npz_sorted_with_variable_shapes(tmp_path: Path, model):
     (tmp_path / "README.txt").write_text("not a sample")
     data = CalibrationData.from_source(tmp_path, model, holdout=2)
     samples = list(data)
-    assert data.num_samples == 3 and ids(samples) == [0, 1, 2]
-    assert [s["x"].shape[2:] for s in samples] == [(4, 9), (5, 8), (6, 7)]
-    assert ids(data.holdout_samples) == [3, 4]
+    assert data.num_samples == 3 and ids(samples) == [0, 2, 3]
+    assert [s["x"].shape[2:] for s in samples] == [(4, 9), (6, 7), (7, 6)]
+    assert ids(data.holdout_samples) == [1, 4]
 
 
 def test_list_of_dicts(model):
     source = [make_sample(i) for i in range(6)]
     data = CalibrationData.from_source(source, model, holdout=2)
-    assert data.num_samples == 4 and ids(data) == [0, 1, 2, 3] and ids(data) == [0, 1, 2, 3]
-    assert ids(data.holdout_samples) == [4, 5]
+    assert data.num_samples == 4 and ids(data) == [0, 1, 3, 4] and ids(data) == [0, 1, 3, 4]
+    assert ids(data.holdout_samples) == [2, 5]
     float64 = [{"x": make_sample(0)["x"].astype(np.float64), "s": make_sample(0)["s"]}]
     assert next(iter(CalibrationData.from_source(float64, model)))["x"].dtype == np.float32
 

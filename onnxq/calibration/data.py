@@ -14,11 +14,13 @@ Sources (``CalibrationData.from_source``):
   called before every pass). Generators, iterators and readers without ``rewind()`` are *one-shot*: a
   second pass raises ``CalibrationDataError``. Only the held-out samples are kept in memory.
 
-``limit`` caps the number of calibration samples; ``holdout`` samples are taken *in addition*: of the
-first ``limit + holdout`` samples of the source, the **last** ``holdout`` are held out (kept in memory,
-never calibrated on). Sources of known length (files, mappings, lists) read and validate them in
-``from_source``; streams know them once a pass has ended (``holdout_samples`` before that reads a
-re-iterable stream once, and raises for a one-shot stream).
+``limit`` caps the number of calibration samples; ``holdout`` samples are taken *in addition* and kept in
+memory, never calibrated on. Sources of known length (files, mappings, lists) hold out ``holdout`` samples
+**spread evenly** over their first ``limit + holdout`` (every k-th, the last included) and read and validate
+them in ``from_source``: data files are often ordered by source, and the last quarter of a file may hold one
+kind of input only (a detector's calibration photos without people last: verification would judge class
+scores that are all near zero). Streams hold out their **last** ``holdout`` samples, known once a pass has
+ended (``holdout_samples`` before that reads a re-iterable stream once, and raises for a one-shot stream).
 
 Validation, each failure a one-line ``CalibrationDataError`` naming the input and the sample index:
 unknown or missing inputs (with the expected names), rank, dtype (float64 → float32 and other float →
@@ -309,7 +311,9 @@ class CalibrationData:
                     f"the calibration set is empty: the source holds {source.length} samples and "
                     f"holdout={holdout} keeps {used} of them back"
                 )
-            held = source.read(self.num_samples, used)
+            self._held = frozenset(spread_indices(used, holdout))
+            self._used = used
+            held = [pair for index in sorted(self._held) for pair in source.read(index, index + 1)]
             self._holdout = [_owned(self._validate(raw, where)) for raw, where in held]
         elif holdout == 0:
             self._holdout = []
@@ -344,8 +348,9 @@ class CalibrationData:
 
     def __iter__(self) -> Iterator[Sample]:
         if self._source.length is not None:
-            for raw, where in self._source.read(0, self.num_samples):
-                yield self._validate(raw, where)
+            for index, (raw, where) in enumerate(self._source.read(0, self._used)):
+                if index not in self._held:
+                    yield self._validate(raw, where)
             return
         yield from self._iter_stream()
 
@@ -365,6 +370,11 @@ class CalibrationData:
                 f"holdout={self._holdout_count} keeps them all back"
             )
         self._holdout, self.num_samples = list(delay), yielded
+
+
+def spread_indices(total: int, count: int) -> list[int]:
+    """``count`` indices spread evenly over ``range(total)``, the last one included."""
+    return [((k + 1) * total) // count - 1 for k in range(count)] if count else []
 
 
 def auto_holdout(length: int | None, limit: int | None) -> int:
