@@ -168,5 +168,8 @@ def build_table(variant: str) -> CapabilityTable:
         notes=(
             "a16w8 has no int16 kernels on CPU: accurate, but runs as float between Q/DQ pairs",
             "graph outputs stay float; Sigmoid/Softmax heads are not quantized",
+            "a layer kept float reads its input through its own per-channel-shaped DequantizeLinear: ORT would "
+            "otherwise quantize its float Conv/ConvTranspose/Gemm weights per tensor",
+            "SiLU (x*sigmoid(x)) is quantized op by op (QLinearSigmoid + QLinearMul); GELU/HardSwish stay float",
         ),
     )
