@@ -8,12 +8,13 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from onnxq import model_io, numerics
+from onnxq import heap, model_io, numerics
 from onnxq.errors import OutputPathError, VerificationError
 from onnxq.backends.registry import all_targets, resolve_target
 from onnxq.cli_common import FLAGS, info, parse_input_shapes, progress_bar, stderr, stdout
 from onnxq.compare import compare_models
 from onnxq.quant.recipe import METHODS, Recipe
+from onnxq.session_files import SessionFiles
 
 
 def register(app: typer.Typer) -> None:
@@ -68,13 +69,18 @@ def quantize(
         )
     with progress_bar("validating and writing"):
         model_io.save_model(quantized, output, protected=[loaded.path, *loaded.data_files])
+    heap.release()
     # Speed on the target, measured interleaved against the FP32 input, on one held-back sample.
     sample = next(iter(report_samples(calib, fp32, recipe)), None)
     if sample is not None and not resolved.backend.simulated:
-        # From memory: ORT cannot load some external-data layouts (a Reshape shape stored outside the file)
-        fp32_session = resolved.session(numerics.model_bytes(model_io.in_memory(fp32)))
-        q_session = resolved.session(str(output))
-        t_fp32, t_q = resolved.backend.time_sessions([fp32_session, q_session], sample, rounds=20)
+        # Both through files whose weights ORT maps (not bytes it copies thrice); from memory, not the input's
+        # path: ORT cannot load some external-data layouts (a Reshape shape stored outside the file).
+        with SessionFiles() as files:
+            with files.model_file(model_io.in_memory(fp32)) as path:
+                fp32_session = resolved.session(path)
+            with files.model_file(quantized) as path:
+                q_session = resolved.session(path)
+            t_fp32, t_q = resolved.backend.time_sessions([fp32_session, q_session], sample, rounds=20)
         report.speedup = t_fp32 / t_q if t_q > 0 else None
     if report_path:
         model_io.write_text_atomic(report_path, report.to_json())

@@ -68,7 +68,7 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
         raise InvalidModelError(f"'{path}' declares no opset imports")
     _check_opset_and_features(proto, path)
     data_files = safety.check_model_proto(proto, path.parent)
-    _check_with_onnx_checker(proto, path, has_external_data=bool(data_files))
+    _check_with_onnx_checker(path, has_external_data=bool(data_files))
     try:
         with _quiet_serde():
             model = ir.serde.deserialize_model(proto)
@@ -118,16 +118,17 @@ def _quiet_serde() -> Iterator[None]:
         serde_logger.setLevel(level)
 
 
-def _check_with_onnx_checker(proto: onnx.ModelProto, path: Path, *, has_external_data: bool) -> None:
+def _check_with_onnx_checker(path: Path, *, has_external_data: bool) -> None:
     """onnx.checker without reading weights: catches duplicate names, bad attributes, unknown ops, and (full
     check, when the weights are in the file) shapes that contradict an op's attributes, which the output's
     validation would refuse anyway. Shape inference cannot read external tensors, so it is skipped then.
 
-    With external data the checker must see the file path (it resolves locations against the model's
-    folder); it still reads no tensor bytes.
+    The checker is given the path, not the parsed proto: it parses the file in C++ (with external data it
+    resolves locations against the model's folder and reads no tensor bytes). Given the proto, it would
+    serialize it first: one more copy of the weights at once (MiniLM, 90 MB: 454 -> 360 MiB peak RSS).
     """
     try:
-        onnx.checker.check_model(str(path) if has_external_data else proto, full_check=not has_external_data)
+        onnx.checker.check_model(str(path), full_check=not has_external_data)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         message = _first_line(exc)
         # Third-party exporters often write nodes out of order; we sort them ourselves.

@@ -1,11 +1,11 @@
 """One streamed pass over the calibration data, reducing every observed tensor as it comes.
 
 The requested intermediate tensors are exposed as extra graph outputs of a *serialized copy* of the model
-(the caller's model is never modified; external weights stay on disk and ORT reads them from their
-folder), run in one ONNX Runtime CPU session with graph optimizations off (so every tensor name
-survives), one intra-op thread per available core (at most ``MAX_THREADS``), sample by sample. Each
-output is folded into its observers at once and dropped, so memory is ``O(tensors × bins)`` plus one
-sample's activations, whatever the number of samples.
+(the caller's model is never modified; its weights go to a private folder as external data, which ORT
+memory-maps instead of copying: ``onnxq.session_files``), run in one ONNX Runtime CPU session with graph
+optimizations off (so every tensor name survives) and no memory arena, one intra-op thread per available
+core (at most ``MAX_THREADS``), sample by sample. Each output is folded into its observers at once and
+dropped, so memory is ``O(tensors × bins)`` plus one sample's activations, whatever the number of samples.
 Tensors that are graph inputs are observed from the samples themselves; initializers are observed once.
 
 For histogram methods one pass suffices: the power-of-two histogram (``observers.HistogramObserver``)
@@ -15,6 +15,7 @@ widens its bins exactly as data arrives, so no min/max pass is needed first. Per
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -28,6 +29,7 @@ from onnxq.calibration.data import CalibrationData
 from onnxq.calibration.observers import HistogramObserver, MinMaxObserver
 from onnxq.calibration.ranges import HISTOGRAM_METHODS, METHODS, TensorStats
 from onnxq.errors import OptionError, UnknownNameError
+from onnxq.session_files import SessionFiles
 
 logger = logging.getLogger(__name__)
 
@@ -110,8 +112,13 @@ def _external_data_dir(model: ir.Model) -> str | None:
     return None
 
 
-def make_calibration_session(model: ir.Model, names: Sequence[str]):
-    """One CPU session of ``model`` with ``names`` exposed: optimizations off, so every name survives."""
+def make_calibration_session(model: ir.Model, names: Sequence[str], files: SessionFiles | None = None):
+    """One CPU session of ``model`` with ``names`` exposed: optimizations off, so every name survives.
+
+    The weights reach ORT as external data in ``files`` (a private folder if None), which it maps instead
+    of copying (``onnxq.session_files``). The memory arena is off: a run's outputs are handed to numpy and
+    dropped, so a pool sized for all of them at once would only hold memory between samples.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -119,11 +126,14 @@ def make_calibration_session(model: ir.Model, names: Sequence[str]):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.intra_op_num_threads = _threads()
     options.inter_op_num_threads = 1
-    folder = _external_data_dir(model)
-    if folder:
-        options.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
-    source = exposed_model_bytes(model, names)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    options.enable_cpu_mem_arena = False
+    with contextlib.ExitStack() as stack:
+        files = files or stack.enter_context(SessionFiles())
+        view = files.external_view(model)
+        folder = _external_data_dir(view)
+        if folder:
+            options.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
+        return ort.InferenceSession(exposed_model_bytes(view, names), options, providers=["CPUExecutionProvider"])
 
 
 def _threads() -> int:
@@ -144,12 +154,14 @@ def collect_statistics(
     moving_average: float | None = None,
     num_bins: int = 2048,
     progress: Progress | None = None,
+    session_files: SessionFiles | None = None,
 ) -> dict[str, TensorStats]:
     """Statistics of ``tensor_names`` over ``data`` (a ``CalibrationData`` or any source it accepts).
 
     ``method`` decides what is kept: min/max for "minmax" (a moving average with ``moving_average``),
     a histogram of ``num_bins`` bins per side of zero for the others. ``progress(done, total)`` is called
-    after each sample (``total`` None when unknown).
+    after each sample (``total`` None when unknown). ``session_files``: where the session's model is
+    written (one that already holds the model's weights saves writing them again).
     """
     if method not in METHODS:
         raise UnknownNameError("calibration method", method, METHODS)
@@ -165,7 +177,7 @@ def collect_statistics(
         data = CalibrationData.from_source(data, model)
     session = None
     if exposed:
-        session = make_calibration_session(model, exposed)
+        session = make_calibration_session(model, exposed, session_files)
     total = data.num_samples
     logger.info("calibrating %d tensors (%s) over %s samples", len(names), method, total or "all")
     done = 0

@@ -313,7 +313,9 @@ class CalibrationData:
                 )
             self._held = frozenset(spread_indices(used, holdout))
             self._used = used
-            held = [pair for index in sorted(self._held) for pair in source.read(index, index + 1)]
+            # one at a time: a sample of a compressed .npz is a view of the whole decompressed array, so it is
+            # copied (``_owned``) before the next one is read (all 8 of PP-OCR det's at once: 1.7 GiB)
+            held = (pair for index in sorted(self._held) for pair in source.read(index, index + 1))
             self._holdout = [_owned(self._validate(raw, where)) for raw, where in held]
         elif holdout == 0:
             self._holdout = []

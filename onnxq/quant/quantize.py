@@ -11,6 +11,7 @@ depend on precision, so fall-back never recalibrates: each round is one rebuild 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -21,7 +22,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import NameFixPass
 
-from onnxq import model_io, numerics, pipeline, runtime_compat
+from onnxq import heap, model_io, pipeline, runtime_compat
 from onnxq.backends.registry import Target, resolve_target
 from onnxq.calibration import CalibrationData, collect_statistics
 from onnxq.inspection import QUANT_METADATA_KEY
@@ -31,6 +32,7 @@ from onnxq.quant.insert_qdq import required_opset
 from onnxq.quant.engine import build_qdq_model, mismatched_shared_nodes
 from onnxq.quant.recipe import Recipe
 from onnxq.quant.spec import QDType
+from onnxq.session_files import SessionFiles
 
 logger = logging.getLogger(__name__)
 
@@ -95,10 +97,13 @@ def check_finite_weights(plan: QuantPlan) -> None:
                 f"[\"{node.name}\"])")
 
 
-def check_placement(model: ir.Model, target: Target) -> dict | None:
+def check_placement(model: ir.Model, target: Target, files: SessionFiles | None = None) -> dict | None:
     """Ask the target runtime where the model's nodes run; warn, with the fix, when some cannot."""
     total = sum(1 for _ in model.graph)
-    placement = target.backend.placement(numerics.model_bytes(model), variant=target.variant, total_nodes=total)
+    with contextlib.ExitStack() as stack:
+        files = files or stack.enter_context(SessionFiles())
+        with files.model_file(model) as path:
+            placement = target.backend.placement(path, variant=target.variant, total_nodes=total)
     if placement is None:
         return None
     refused = {name: f"{op}: {reason}" for name, (op, reason) in sorted(placement.refused.items())}
@@ -146,10 +151,11 @@ def static_input_shapes(model: ir.Model, calibration, target_name: str) -> ir.Mo
     return model
 
 
-def _copy(proto_bytes: bytes) -> ir.Model:
-    import onnx
-
-    return ir.serde.deserialize_model(onnx.load_from_string(proto_bytes))
+def _reference_outputs(model: ir.Model, backend, samples, files: SessionFiles) -> list[dict[str, np.ndarray]]:
+    """FP32 outputs of ``samples``; the session lives only for this call."""
+    with files.model_file(model) as path:
+        session = backend.reference_session(path)
+    return _run_many(session, backend, samples)
 
 
 def _run_many(session, backend, samples) -> list[dict[str, np.ndarray]]:
@@ -178,7 +184,16 @@ def quantize(
     recipe: Recipe | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[ir.Model, QuantReport]:
-    """Quantize ``model`` for ``target`` with ``calibration`` data; see the module docstring."""
+    """Quantize ``model`` for ``target`` with ``calibration`` data; see the module docstring.
+
+    Every ORT session reads its model from a private temporary folder where the FP32 weights are written
+    once and memory-mapped, not copied (``onnxq.session_files``)."""
+    with SessionFiles() as files:
+        return _quantize(model, calibration, target=target, recipe=recipe, progress=progress, files=files)
+
+
+def _quantize(model: ir.Model, calibration, *, target: str | Target, recipe: Recipe | None,
+              progress: Callable[[str], None] | None, files: SessionFiles) -> tuple[ir.Model, QuantReport]:
     recipe = recipe or Recipe()
     target = resolve_target(target) if isinstance(target, str) else target
     table = target.table()
@@ -199,7 +214,8 @@ def quantize(
     say("preparing graph")
     model = prepare(model)
     runtime_compat.upgrade_opset(model, _opset_for(model, table, precision))
-    fp32 = ir.to_proto(model).SerializeToString()
+    files.add_base(model)
+    heap.release()
     data = CalibrationData.from_source(calibration, model, limit=recipe.calibration_size, holdout=recipe.holdout)
 
     overrides = recipe.overrides()
@@ -207,27 +223,31 @@ def quantize(
     check_finite_weights(plan)
     tensors = sorted(plan.activation_specs())
     say(f"calibrating {len(tensors)} tensors")
-    stats = collect_statistics(model, tensors, data, method=recipe.method, moving_average=recipe.moving_average)
+    stats = collect_statistics(model, tensors, data, method=recipe.method, moving_average=recipe.moving_average,
+                               session_files=files)
+    heap.release(collect=False)
     dissolved = {d.node: d for d in mismatched_shared_nodes(plan, stats, recipe.method, recipe.percentile)}
 
     holdout = data.holdout_samples
     report = QuantReport(target.name, precision, recipe.method, data.num_samples or 0, len(holdout), recipe.max_error)
     backend = target.backend
-    reference = _run_many(backend.reference_session(fp32), backend, holdout) if holdout else []
+    reference = _reference_outputs(model, backend, holdout, files) if holdout else []
+    heap.release(collect=False)
     # A Concat whose inputs' ranges differ too much cannot share an 8-bit scale: 16 bits where the target
     # has them (float would break full offload on an accelerator), else float.
     base_forced = {name: (table.fallback_precisions or (FLOAT,))[0] for name in dissolved}
     errors_seen: dict[tuple, dict[str, float]] = {}
 
     def build(forced: dict[str, str]) -> tuple[ir.Model, QuantPlan, int]:
-        candidate = _copy(fp32)
+        candidate = model.clone()  # shares the FP32 weights: a candidate costs its graph, not a copy
         plan = annotate(candidate, table, variant=target.variant, precision=precision,
                         overrides=overrides, forced=forced)
         count = build_qdq_model(candidate, plan, stats, method=recipe.method, percentile=recipe.percentile)
         return candidate, plan, count
 
     def measure(candidate: ir.Model, samples, quick: bool) -> dict[str, float]:
-        session = target.session(numerics.model_bytes(candidate), quick=quick)
+        with files.model_file(candidate) as path:
+            session = target.session(path, quick=quick)
         return metrics.output_errors(reference[: len(samples)], _run_many(session, backend, samples))
 
     def evaluate(forced: dict[str, str], quick: bool) -> tuple[QuantPlan, float]:
@@ -239,6 +259,11 @@ def quantize(
         errors = measure(candidate, samples, quick or backend.simulated)
         if not quick:
             errors_seen[_key(forced)] = errors
+        # Candidates are cyclic: earlier rounds' are garbage by now (one the search keeps lives on in its
+        # plan). Collect after a verification round (every weight quantized); leave a sensitivity probe's
+        # to the collector's own schedule (a collection costs ~0.1 s).
+        del candidate
+        heap.release(collect=not quick)
         return plan, max(errors.values(), default=0.0)
 
     result = None
@@ -291,6 +316,6 @@ def quantize(
         **{name: base_forced[name] for name in dissolved if base_forced[name] != FLOAT},
         **{name: forced[name] for name in moved if forced[name] != FLOAT},
     }
-    report.placement = check_placement(candidate, target)
+    report.placement = check_placement(candidate, target, files)
     candidate.metadata_props[QUANT_METADATA_KEY] = json.dumps(report.summary(), sort_keys=True)
     return candidate, report

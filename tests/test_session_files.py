@@ -1,0 +1,122 @@
+"""SessionFiles: ORT sessions from files whose weights it maps give the numbers sessions from bytes give."""
+
+from __future__ import annotations
+
+import tempfile
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+
+from onnxq import heap, numerics
+from onnxq.session_files import SessionFiles
+
+# A float weight large enough to go external, an int64 shape that must stay inline (shape inference reads
+# it), a float scale too small to be worth mapping.
+MODEL = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[N, 64] x) => (float[N, 8, 8] y) <float[64, 64] w, int64[3] shape, float[1] s> {
+  h = MatMul(x, w)
+  r = Reshape(h, shape)
+  y = Mul(r, s)
+}
+"""
+
+
+def small_model() -> ir.Model:
+    proto = onnx.parser.parse_model(MODEL)
+    rng = np.random.default_rng(0)
+    proto.graph.initializer.extend([
+        onnx.numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "w"),
+        onnx.numpy_helper.from_array(np.array([-1, 8, 8], np.int64), "shape"),
+        onnx.numpy_helper.from_array(np.array([0.5], np.float32), "s"),
+    ])
+    return ir.serde.deserialize_model(proto)
+
+
+def run(source, level) -> np.ndarray:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = level
+    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).standard_normal((3, 64)).astype(np.float32)
+    return session.run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("level", [ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                                   ort.GraphOptimizationLevel.ORT_ENABLE_ALL])
+def test_session_from_file_equals_session_from_bytes(level):
+    model = small_model()
+    before = {name: value.const_value for name, value in model.graph.initializers.items()}
+    with SessionFiles() as files:
+        view = files.external_view(model)
+        kinds = {name: type(value.const_value) for name, value in view.graph.initializers.items()}
+        with files.model_file(model) as path:
+            from_file = run(path, level)
+    assert kinds["w"] is ir.ExternalTensor
+    assert kinds["shape"] is not ir.ExternalTensor and kinds["s"] is not ir.ExternalTensor
+    assert from_file.tobytes() == run(numerics.model_bytes(model), level).tobytes()
+    # the caller's model is untouched
+    assert {name: value.const_value for name, value in model.graph.initializers.items()} == before
+
+
+def test_shared_tensors_are_written_once_and_files_go():
+    model = small_model()
+    with SessionFiles() as files:
+        folder = files.folder
+        files.add_base(model)
+        (base_data,) = folder.glob("base-*.data")
+        base_size = base_data.stat().st_size
+        assert base_size == 64 * 64 * 4
+        candidate = model.clone()  # shares w; a new tensor replaces nothing else
+        new = np.full((64, 64), 2.0, np.float32)
+        candidate.graph.initializers["w"].const_value = ir.tensor(new, name="w")
+        with files.model_file(candidate) as path:
+            written = sorted(p.name for p in folder.iterdir())
+            assert len(written) == 3  # base data, the model, its data holding only the new tensor
+            data = [p for p in folder.glob("model-*.data")]
+            assert [p.stat().st_size for p in data] == [new.nbytes]
+            assert run(path, ort.GraphOptimizationLevel.ORT_DISABLE_ALL).tobytes() == run(
+                numerics.model_bytes(candidate), ort.GraphOptimizationLevel.ORT_DISABLE_ALL).tobytes()
+        assert sorted(p.name for p in folder.iterdir()) == [base_data.name]
+        with files.model_file(model) as path:  # everything of the base is known: no data file
+            assert not list(folder.glob("model-*.data"))
+    assert not folder.exists()
+
+
+def test_quantize_leaves_no_files(tmp_path, monkeypatch):
+    from onnxq.quant.quantize import quantize
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    model = small_model()
+    rng = np.random.default_rng(2)
+    samples = [{"x": rng.standard_normal((1, 64)).astype(np.float32)} for _ in range(12)]
+    quantized, report = quantize(model, samples)
+    assert report.holdout_samples == 3 and report.qdq_nodes > 0
+    assert not list(scratch.iterdir())
+    heap.release()  # a no-op beyond gc where glibc is missing; must never fail
+
+
+def test_quantize_never_hands_ort_the_weights_as_bytes(monkeypatch):
+    """Every session of calibration, reference and fall-back rounds maps the weights (no model-sized bytes)."""
+    from onnxq.quant.quantize import quantize
+    from onnxq.quant.recipe import Recipe
+
+    sources = []
+    real = ort.InferenceSession
+
+    def recording(source, *args, **kwargs):
+        sources.append(source)
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", recording)
+    model = small_model()
+    rng = np.random.default_rng(3)
+    samples = [{"x": rng.standard_normal((1, 64)).astype(np.float32)} for _ in range(12)]
+    _, report = quantize(model, samples, recipe=Recipe(max_error=1e-9))  # unmeetable: every round runs
+    assert len(report.rounds) > 1 and len(sources) > 3
+    weights = 64 * 64 * 4
+    assert all(isinstance(s, str) or len(s) < weights // 4 for s in sources), [type(s) for s in sources]
