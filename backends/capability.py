@@ -196,6 +196,9 @@ class CapabilityTable:
     #: tags of units ``fuse-activations`` recognises (``"silu"``) whose ops the table quantizes one by one
     #: where the runtime has int8 kernels for them; other units stay float on CPU targets (fused there)
     quantized_units: tuple[str, ...] = ()
+    #: compute ops the runtime runs faster in float when no quantized op feeds them or reads them: a lone
+    #: int8 kernel pays a Quantize and a Dequantize over its whole input and output (None: no such ops)
+    float_when_alone: Callable[[ir.Node], bool] | None = None
 
     def __post_init__(self) -> None:
         unknown_fallback = set(self.fallback_precisions) - set(self.precisions)

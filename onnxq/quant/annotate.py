@@ -213,14 +213,31 @@ class QuantPlan:
 def _drop_dead_ends(plan: QuantPlan) -> None:
     """CPU targets: a neighbour op (elementwise, data movement) whose outputs no quantized op reads would
     only add a Q/DQ pair before a float consumer: it runs float instead. A detector's score Sigmoid before
-    the float Concat of its head keeps its float scores; the quantized Conv before it still runs int8."""
+    the float Concat of its head keeps its float scores; the quantized Conv before it still runs int8.
+    Likewise a compute op the table runs faster in float when alone (``CapabilityTable.float_when_alone``:
+    ORT's depthwise Conv between two float HardSwish ops) when no quantized op feeds it or reads it."""
     while True:
         inside = {id(node) for annotation in plan.static_annotations() for node in annotation.nodes}
+        produced = {v.name for a in plan.static_annotations() for v in plan.outputs_of(a)}
+
+        def reads_quantized(annotation: Annotation) -> bool:
+            return any(id(use.node) in inside for out in annotation.nodes[-1].outputs for use in out.uses())
+
+        def alone(annotation: Annotation) -> bool:
+            return (plan.table.float_when_alone is not None and plan.table.float_when_alone(annotation.nodes[0])
+                    and not any(v.name in produced for v in _activation_inputs(annotation))
+                    and not reads_quantized(annotation))
+
         dead = [annotation for annotation in plan.static_annotations()
-                if annotation.row.kind is not RowKind.COMPUTE
-                and not any(id(use.node) in inside for out in annotation.nodes[-1].outputs for use in out.uses())]
+                if (annotation.row.kind is not RowKind.COMPUTE and not reads_quantized(annotation))
+                or (annotation.row.kind is RowKind.COMPUTE and alone(annotation))]
         if not dead:
             return
+        for annotation in dead:
+            if annotation.row.kind is RowKind.COMPUTE:
+                node = annotation.nodes[0]
+                plan.decisions.append(Decision(node.name, node.op_type, "alone between float ops: its int8 "
+                                               "kernel would not repay the Quantize/Dequantize around it"))
         plan.annotations = [a for a in plan.annotations if all(a is not d for d in dead)]
 
 
