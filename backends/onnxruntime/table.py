@@ -182,5 +182,6 @@ def build_table(variant: str) -> CapabilityTable:
             "a layer kept float reads its input through its own per-channel-shaped DequantizeLinear: ORT would "
             "otherwise quantize its float Conv/ConvTranspose/Gemm weights per tensor",
             "SiLU (x*sigmoid(x)) is quantized op by op (QLinearSigmoid + QLinearMul); GELU/HardSwish stay float",
+            "a depthwise Conv with float ops on both sides stays float (Q/DQ around it cost more than int8 saves)",
         ),
     )
