@@ -13,7 +13,8 @@ import pytest
 
 from onnxq.backends.qnn import runtime
 from tools.qnn_probe import ARCHS, CASES, PRECISIONS, build_case, differences, main, probe_case
-from tools.qnn_probe_cases import case_precisions, fixed_qparams
+from tools.qnn_probe_build import fixed_qparams
+from tools.qnn_probe_cases import case_precisions
 
 CAPABILITIES = Path(__file__).resolve().parents[1] / "backends" / "qnn" / "capabilities.json"
 UNAVAILABLE = runtime.available()

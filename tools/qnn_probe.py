@@ -4,7 +4,7 @@
     python -m tools.qnn_probe --arch v73 --case conv --case matmul_act    # a subset, summary only
     python -m tools.qnn_probe --check backends/qnn/capabilities.json      # exit 1 on any difference
 
-For every (HTP arch, op case, precision) the case model (``tools.qnn_probe_cases``) is compiled for the
+For every (HTP arch, op case, precision) the case model (``tools.qnn_probe_cases``, built by ``tools.qnn_probe_build``) is compiled for the
 arch's SoC with CPU fallback disabled. ``ok`` means the session was created, i.e. every node runs on the
 HTP; the result then carries the error against the same model on ORT's CPU EP (graph optimizations off,
 so the reference is the QDQ model's exact arithmetic): ``err_lsb`` = max |HTP − CPU| / output scale, for
@@ -44,13 +44,12 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make tools/ and onnxq importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tools.qnn_probe_cases import (  # noqa: E402 - after the script-mode path fix
+from tools.qnn_probe_build import BuiltCase, build_case  # noqa: E402 - after the script-mode path fix
+from tools.qnn_probe_cases import (  # noqa: E402
     CASES,
     DERIVED_FROM,
     PRECISIONS,
     PROBED_WEIGHTLESS,
-    BuiltCase,
-    build_case,
     case_precisions,
 )
 
