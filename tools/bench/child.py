@@ -1,4 +1,4 @@
-"""The command line every quantizer child process shares: run one tool, report JSON to the parent.
+"""What the benchmark's child processes share: run one tool or one evaluation, report JSON to the parent.
 
 Stdlib only: it also runs inside ModelOpt's own virtualenv.
 """
@@ -37,3 +37,21 @@ def run_quantizer_child(description: str, quantize: Quantize, argv: list[str] | 
         return 1
     args.result.write_text(json.dumps(result, indent=2))
     return 0
+
+
+def write_result(run: Callable[[argparse.Namespace], dict], args: argparse.Namespace) -> int:
+    """Run ``run(args)`` and write its result, or the error's first line, as JSON to ``args.result``."""
+    try:
+        result = run(args)
+    except Exception as exc:  # noqa: BLE001 - the parent records why the child failed
+        traceback.print_exc()
+        args.result.write_text(json.dumps({"error": first_line(exc)}))
+        return 1
+    args.result.write_text(json.dumps(result, indent=2, default=float))
+    return 0
+
+
+def first_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (some exceptions have an empty message)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}".rstrip(": ")

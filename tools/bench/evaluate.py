@@ -27,13 +27,13 @@ import json
 import os
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tools.bench import tasks
+from tools.bench.child import first_line, write_result
 
 Feeds = dict[str, np.ndarray]
 
@@ -85,12 +85,6 @@ def compare_outputs(reference: list[dict], actual: list[dict]) -> dict[str, dict
             entry["top1_agreement"] = metrics.top1_agreement(refs, gots)
         result[name] = entry
     return result
-
-
-def first_line(exc: BaseException) -> str:
-    """``Type: first line of the message`` (some exceptions have an empty message)."""
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}".rstrip(": ")
 
 
 def interleaved_latency(sessions: list, feed: Feeds, min_rounds: int, budget_s: float) -> tuple[list[float], int]:
@@ -167,15 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-budget", type=float, default=3.0, help="seconds of timing for fast models")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: all cores)")
     parser.add_argument("--result", type=Path, required=True)
-    args = parser.parse_args(argv)
-    try:
-        result = evaluate(args)
-    except Exception as exc:  # noqa: BLE001 - the parent records why evaluation failed
-        traceback.print_exc()
-        args.result.write_text(json.dumps({"error": first_line(exc)}))
-        return 1
-    args.result.write_text(json.dumps(result, indent=2, default=float))
-    return 0
+    return write_result(evaluate, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -30,14 +30,14 @@ import json
 import re
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tools.bench import tasks
-from tools.bench.evaluate import Feeds, compare_outputs, first_line, load_eval, make_session
+from tools.bench.child import first_line, write_result
+from tools.bench.evaluate import Feeds, compare_outputs, load_eval, make_session
 
 
 def static_input_shapes(path: Path) -> dict[str, tuple[int, ...] | None]:
@@ -210,15 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--soc", default="43", help="QNN soc_model id (43: SM8550, HTP v73)")
     parser.add_argument("--result", type=Path, required=True)
-    args = parser.parse_args(argv)
-    try:
-        result = evaluate(args)
-    except Exception as exc:  # noqa: BLE001 - the parent records why evaluation failed
-        traceback.print_exc()
-        args.result.write_text(json.dumps({"error": first_line(exc)}))
-        return 1
-    args.result.write_text(json.dumps(result, indent=2, default=float))
-    return 0
+    return write_result(evaluate, parser.parse_args(argv))
 
 
 if __name__ == "__main__":
