@@ -72,6 +72,7 @@ class BiasUse:
 @dataclass
 class QuantPlan:
     table: CapabilityTable
+    variant: str = ""  # the target variant the table's checks were run with
     annotations: list[Annotation] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
 
@@ -314,7 +315,7 @@ def annotate(
     precision = precision or table.default_precision
     forced = forced or {}
     NameFixPass()(model)  # decisions and fall-back refer to nodes by (unique) name
-    plan = QuantPlan(table)
+    plan = QuantPlan(table, variant)
     claimed: set[int] = set()
     quantized: set[str] = set()
     nodes = list(model.graph)

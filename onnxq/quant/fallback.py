@@ -83,10 +83,9 @@ def _another_row_runs(plan: QuantPlan, annotation: Annotation, precision: str) -
     """Whether a single-op row of the table runs the annotation's anchor at ``precision`` (ORT: the dynamic
     MatMul row for a MatMul that was static; its check must accept the node)."""
     anchor = annotation.nodes[0]
-    variant = plan.table.target.partition(":")[2]
     return any(
         row is not annotation.row and len(row.ops) == 1 and precision in row.precisions
-        and (row.check is None or row.check(Match((anchor,), variant)) is None)
+        and (row.check is None or row.check(Match((anchor,), plan.variant)) is None)
         for row in plan.table.rows_for(anchor.op_type)
     )
 
