@@ -31,6 +31,10 @@ channels divide into two blocks or more (the largest power of two from ``weight_
 ``onnxq.quant.qparams``); ``int_block_scales`` on the row writes them as uint8 read through a
 DequantizeLinear.
 
+Fusion barriers (``FusionBarrier``): a runtime that fuses a unit (SiLU after a Conv) into one kernel that
+computes it wrongly at some widths is kept from fusing it: the unit's gated op reads its input through a
+converted copy whose range is one step wider, a Convert the runtime cannot fold (see ``onnxq.quant.engine``).
+
 Row extras: ``data_inputs`` names which inputs are tensors (Clip bounds and Resize scales are parameters and
 stay float constants); ``fixed_output`` pins an output range the kernel requires ("unit" for Sigmoid and
 Softmax: scale 1/2^bits, zero point 0; "signed_unit" for Tanh: scale 2/2^bits, zero point 2^(bits-1)).
@@ -149,6 +153,23 @@ class PatternRow:
         return self.data_inputs is None or index in self.data_inputs
 
 
+@dataclass(frozen=True)
+class FusionBarrier:
+    """A unit ``fuse-activations`` tags (``"silu"``: ``x·Sigmoid(x)``) that the runtime fuses with the op
+    producing ``x`` into one kernel that is wrong at these activation widths; ``reason`` says what was seen.
+    The engine then feeds the unit's Mul a converted copy of ``x`` (range one step wider), which the runtime
+    cannot fold into the producer, so the unit runs as the separate kernels it was verified as."""
+
+    unit: str
+    producers: tuple[str, ...]
+    bits: tuple[int, ...]
+    reason: str
+
+    def __post_init__(self) -> None:
+        if not self.producers or not self.bits:
+            raise ValueError(f"fusion barrier '{self.unit}': needs producers and bits")
+
+
 #: fixed output ranges (lo, hi) a kernel may require; the top is one step short of hi (see fixed_range)
 FIXED_RANGES = {"unit": (0.0, 1.0), "signed_unit": (-1.0, 1.0)}
 
@@ -199,6 +220,8 @@ class CapabilityTable:
     #: compute ops the runtime runs faster in float when no quantized op feeds them or reads them: a lone
     #: int8 kernel pays a Quantize and a Dequantize over its whole input and output (None: no such ops)
     float_when_alone: Callable[[ir.Node], bool] | None = None
+    #: runtime fusions that compute wrongly, kept from happening (see ``FusionBarrier``)
+    fusion_barriers: tuple[FusionBarrier, ...] = ()
 
     def __post_init__(self) -> None:
         unknown_fallback = set(self.fallback_precisions) - set(self.precisions)
@@ -239,6 +262,9 @@ class CapabilityTable:
         chain = [*self.fallback_precisions] + (["float"] if self.float_fallback else [])
         lines.append(f"fall-back order for harmful layers: {' -> '.join(chain) or 'none'}")
         lines.extend(f"note: {note}" for note in self.notes)
+        for barrier in self.fusion_barriers:
+            lines.append(f"fusion barrier: {barrier.unit} after {'/'.join(barrier.producers)} at "
+                         f"{'/'.join(map(str, barrier.bits))}-bit reads a converted input: {barrier.reason}")
         return "\n".join(lines)
 
 

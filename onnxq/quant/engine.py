@@ -8,7 +8,10 @@ Given the FP32 model, a plan (from the target's table) and calibrated statistics
      one scale for box coordinates (0..640) and scores (0..1) would flatten the scores to a few levels;
   3. scales/zero points per group, weights quantized per channel, biases derived, Q/DQ inserted;
   4. on full-offload targets, an op whose inputs and outputs ended up at different widths (a 16-bit layer
-     next to 8-bit ones) reads converted copies of the odd inputs, at its output width.
+     next to 8-bit ones) reads converted copies of the odd inputs, at its output width;
+  5. where the table declares a fusion barrier (a runtime fuses Conv + SiLU into a kernel that is wrong at
+     16 bits), the unit's Mul reads a converted copy of its input, range one step wider, which the runtime
+     cannot fold away: the unit then runs as the separate kernels verified one by one.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import onnx_ir as ir
 
 from onnxq.backends.capability import RowKind, fixed_range
 from onnxq.quant import qparams
-from onnxq.quant.annotate import Decision, QuantPlan
+from onnxq.quant.annotate import PATTERN_KEY, Decision, QuantPlan
 from onnxq.quant.insert_qdq import Conversion, TensorQParams, insert_qdq
 from onnxq.quant.spec import QuantSpec
 
@@ -183,6 +186,44 @@ def width_conversions(plan: QuantPlan, params: Mapping[str, TensorQParams]) -> l
     return conversions
 
 
+def barrier_conversions(plan: QuantPlan, params: Mapping[str, TensorQParams],
+                        existing: list[Conversion]) -> list[Conversion]:
+    """The table's fusion barriers: the gated op of a tagged unit (the Mul of ``x·Sigmoid(x)``) reads ``x``
+    through a copy whose range is one step wider, when ``x`` comes from a barrier producer at a barrier
+    width and the op does not read a converted copy already. One step changes the scale by 1/qmax of itself
+    (1.5e-5 at 16 bits): no accuracy cost, but a Convert between producer and unit the runtime must keep."""
+    converted = {(id(c.node), c.index) for c in existing}
+    conversions = []
+    for barrier in plan.table.fusion_barriers:
+        for annotation in plan.static_annotations():
+            node = annotation.nodes[0]
+            if node.metadata_props.get(PATTERN_KEY) != barrier.unit:
+                continue
+            for index, value in enumerate(node.inputs):
+                current = params.get(value.name) if value is not None else None
+                if (current is None or (id(node), index) in converted
+                        or not _gated_by_unit(value, node, barrier.unit)
+                        or value.producer().op_type not in barrier.producers
+                        or current.spec.dtype.bits not in barrier.bits):
+                    continue
+                low, high = qparams.range_of(current.scale, current.zero_point, current.spec)
+                step = float(np.asarray(current.scale).reshape(()))
+                scale, zero = qparams.qparams_from_range(low, high + step, current.spec, name=value.name)
+                converted_params = TensorQParams(scale, zero, current.spec)
+                conversions.append(Conversion(value.name, node, index, converted_params))
+    return conversions
+
+
+def _gated_by_unit(value: ir.Value, node: ir.Node, unit: str) -> bool:
+    """``value`` has a producer and feeds a gate of ``unit`` (SiLU's Sigmoid) whose output ``node`` reads."""
+    if value.producer() is None:
+        return False
+    gates = {id(v.producer()) for v in node.inputs
+             if v is not None and v is not value and v.producer() is not None}
+    return any(id(use.node) in gates and use.node.metadata_props.get(PATTERN_KEY) == unit
+               for use in value.uses())
+
+
 def float_readers(model: ir.Model, plan: QuantPlan, params: Mapping[str, TensorQParams]) -> list[tuple[ir.Node, int]]:
     """Float layers with a float weight that read a quantized activation, of the op types whose weights the
     target's runtime would quantize per tensor behind our back (``requantizes_float_weights``)."""
@@ -204,6 +245,7 @@ def build_qdq_model(model: ir.Model, plan: QuantPlan, stats: Mapping, *, method:
     """Insert Q/DQ into ``model`` (the one ``plan`` was annotated on). Returns the Q/DQ node count."""
     params = activation_qparams(plan, stats, method=method, percentile=percentile)
     conversions = width_conversions(plan, params) + shared_input_conversions(plan, params)
+    conversions += barrier_conversions(plan, params, conversions)
     added = insert_qdq(model, plan, params, conversions, float_readers(model, plan, params))
     if plan.dynamic_annotations():
         from onnxq.quant.dynamic import rewrite_dynamic
