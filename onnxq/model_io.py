@@ -25,7 +25,7 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from onnxq import graph_checks, runtime_compat, safety
+from onnxq import graph_checks, proto_stream, runtime_compat, safety
 from onnxq.errors import InvalidModelError, OpsetError, OutputPathError, ValidationError
 
 logger = logging.getLogger(__name__)
@@ -258,7 +258,14 @@ def _write(model: ir.Model, path: Path, data_name: str | None) -> None:
         ir.save(model, path, external_data=data_name, alignment=EXTERNAL_DATA_ALIGNMENT, align_threshold=0)
         return
     # Embed everything: external tensors of the input must not leak into the output as references.
-    ir.save(_embedded_view(model), path)
+    model = _embedded_view(model)
+    if (onnx.serialization.registry.get_format_from_file_extension(path.suffix) or "protobuf") == "protobuf":
+        try:
+            proto_stream.save_streamed(model, path)  # ir.save's bytes, one initializer at a time
+            return
+        except ValueError as exc:
+            logger.debug("streamed write refused (%s); serializing the whole model", exc)
+    ir.save(model, path)
 
 
 def _load_external_attributes(model: ir.Model) -> None:
