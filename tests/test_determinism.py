@@ -176,7 +176,8 @@ def test_quantize_variants_did_what_they_say(quantized):
     reports = {v: _stable_report(runs["in-process-1"]) for v, runs in quantized.items()}
     assert [reports[v]["method"] for v in QUANT_VARIANTS] == ["minmax", "entropy", "mse"]
     assert len({runs["in-process-1"]["out.onnx"] for runs in quantized.values()}) == len(QUANT_VARIANTS)
-    assert reports["default"]["kept_float"] == {} and len(reports["default"]["rounds"]) == 1
+    default = reports["default"]
+    assert default["kept_float"] == {} and default["budget_met"] and default["max_error"] == 0.03  # a classifier
     fallback = reports["fallback"]
     moved = [node for node, why in fallback["kept_float"].items() if "fall-back" in why]
     assert fallback["budget_met"] and moved and fallback["layers"] and len(fallback["rounds"]) > 1, fallback

@@ -15,7 +15,7 @@ import onnxq
 from onnxq import numerics
 from onnxq.cli import main
 from onnxq.errors import OptionError, UnknownNameError
-from onnxq.quant.recipe import Recipe
+from onnxq.quant.recipe import CLASSIFIER_MAX_ERROR, Recipe
 
 from conftest import load_tool
 
@@ -40,11 +40,14 @@ def _ops(model: ir.Model) -> dict[str, int]:
 
 def test_quantize_meets_default_budget_and_records_it(calib):
     model, report = onnxq.quantize(_model(), calib, target="ort")
-    assert report.budget_met and 0 < report.error <= 0.1
+    # the demo's output is [N, 10] class logits: a classifier's default budget
+    assert report.max_error == CLASSIFIER_MAX_ERROR
+    assert report.budget_met and 0 < report.error <= CLASSIFIER_MAX_ERROR
     assert report.holdout_samples == 10 and report.calibration_samples == 30
     ops = _ops(model)
     assert ops["QuantizeLinear"] >= 4 and ops["DequantizeLinear"] >= 8 and ops.get("BatchNormalization", 0) == 0
-    assert set(report.layers.values()) == {"a8w8"} and len(report.layers) >= 4
+    assert set(report.layers.values()) <= {"a8w8", "dynamic"} and len(report.layers) >= 4
+    assert sum(p == "a8w8" for p in report.layers.values()) >= 3
     proto = ir.to_proto(model)
     onnx.checker.check_model(proto, full_check=True)
     record = json.loads(model.metadata_props["onnxq.quantization"])

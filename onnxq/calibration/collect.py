@@ -26,7 +26,7 @@ import onnx_ir as ir
 
 from onnxq import runtime_compat
 from onnxq.calibration.data import CalibrationData
-from onnxq.calibration.observers import HistogramObserver, MinMaxObserver
+from onnxq.calibration.observers import ChannelMeanObserver, HistogramObserver, MinMaxObserver
 from onnxq.calibration.ranges import HISTOGRAM_METHODS, METHODS, TensorStats
 from onnxq.errors import OptionError, UnknownNameError
 from onnxq.session_files import SessionFiles
@@ -42,18 +42,22 @@ Progress = Callable[[int, "int | None"], None]
 class _TensorObservers:
     """The observers of one tensor, chosen by method and granularity."""
 
-    def __init__(self, method: str, axis: int | None, moving_average: float | None, num_bins: int):
+    def __init__(self, method: str, axis: int | None, moving_average: float | None, num_bins: int,
+                 mean_axis: int | None = None):
         self.axis = axis
         use_histogram = method in HISTOGRAM_METHODS and axis is None
         self.histogram = HistogramObserver(num_bins) if use_histogram else None
         averaging = moving_average if method == "minmax" else None
         self.minmax = None if use_histogram else MinMaxObserver(axis, averaging)
+        self.mean = None if mean_axis is None else ChannelMeanObserver(mean_axis)
 
     def update(self, array: np.ndarray) -> None:
         if self.histogram is not None:
             self.histogram.update(array)
         if self.minmax is not None:
             self.minmax.update(array)
+        if self.mean is not None:
+            self.mean.update(array)
 
     def stats(self, name: str) -> TensorStats:
         source = self.histogram if self.histogram is not None else self.minmax
@@ -61,7 +65,7 @@ class _TensorObservers:
             logger.info("tensor '%s': %d NaN/Inf/sentinel (|x| >= 1e30) values were left out of its range",
                         name, source.nonfinite)
         return TensorStats(name, source.min, source.max, self.histogram, self.axis,
-                           source.count, source.nonfinite)
+                           source.count, source.nonfinite, None if self.mean is None else self.mean.mean)
 
 
 def _classify(model: ir.Model, names: Sequence[str]) -> tuple[list[str], dict[str, np.ndarray], list[str]]:
@@ -155,22 +159,25 @@ def collect_statistics(
     num_bins: int = 2048,
     progress: Progress | None = None,
     session_files: SessionFiles | None = None,
+    channel_means: Mapping[str, int] | None = None,
 ) -> dict[str, TensorStats]:
     """Statistics of ``tensor_names`` over ``data`` (a ``CalibrationData`` or any source it accepts).
 
     ``method`` decides what is kept: min/max for "minmax" (a moving average with ``moving_average``),
     a histogram of ``num_bins`` bins per side of zero for the others. ``progress(done, total)`` is called
     after each sample (``total`` None when unknown). ``session_files``: where the session's model is
-    written (one that already holds the model's weights saves writing them again).
+    written (one that already holds the model's weights saves writing them again). ``channel_means``
+    (name → axis): tensors whose per-channel mean is also kept (``TensorStats.channel_mean``).
     """
     if method not in METHODS:
         raise UnknownNameError("calibration method", method, METHODS)
     if moving_average is not None and method != "minmax":
         logger.debug("moving_average applies to method 'minmax' only; ignored for '%s'", method)
-    names = list(dict.fromkeys(tensor_names))
+    means = dict(channel_means or {})
+    names = list(dict.fromkeys([*tensor_names, *means]))
     axes = dict(per_channel_axes or {})
     from_samples, constants, exposed = _classify(model, names)
-    observers = {n: _TensorObservers(method, axes.get(n), moving_average, num_bins) for n in names}
+    observers = {n: _TensorObservers(method, axes.get(n), moving_average, num_bins, means.get(n)) for n in names}
     for name, value in constants.items():
         observers[name].update(value)
     if not isinstance(data, CalibrationData):

@@ -9,6 +9,8 @@ otherwise ignored: one ``-inf`` attention mask must not turn a range into ``(-in
 ``m ← m + c·(m_batch − m)``. Exact min/max are order-independent and merge by min/max; moving averages
 depend on order by definition and cannot be merged.
 
+**ChannelMeanObserver** keeps a running per-channel mean (for bias correction).
+
 **HistogramObserver** counts values ``x`` (signed, not ``|x|``: affine percentiles need both tails; the
 histogram of ``|x|`` is the exact fold ``abs_counts``) in bins of width ``w = 2^e`` aligned at integer
 multiples of ``w`` with origin 0, mirror-symmetric about zero: ``x ≥ 0`` falls in bin
@@ -130,6 +132,50 @@ class MinMaxObserver:
             self.min, self.max = np.minimum(self.min, other.min), np.maximum(self.max, other.max)
             if self.axis is None:
                 self.min, self.max = float(self.min), float(self.max)
+
+
+class ChannelMeanObserver:
+    """Running mean per channel along ``axis`` (float64 sums; finite, non-sentinel values only).
+
+    Bias correction needs the mean of each quantized layer's input per input channel: the systematic
+    output shift that rounding the weights causes is ``ΔW · E[x]``. Sums merge exactly up to float64
+    rounding, so streaming matches one-shot to ~1e-12 relative.
+    """
+
+    def __init__(self, axis: int):
+        self.axis = axis
+        self.sum: np.ndarray | None = None
+        self.count: np.ndarray | None = None
+
+    def update(self, array: np.ndarray) -> None:
+        array = np.asarray(array)
+        if array.ndim == 0 or not -array.ndim <= self.axis < array.ndim:
+            raise ValueError(f"channel axis {self.axis} is out of range for a tensor of rank {array.ndim}")
+        moved = np.moveaxis(array, self.axis, 0).reshape(array.shape[self.axis], -1).astype(np.float64)
+        keep = np.isfinite(moved) & (np.abs(moved) < SENTINEL)
+        total = np.where(keep, moved, 0.0).sum(axis=1)
+        count = keep.sum(axis=1)
+        if self.sum is None:
+            self.sum, self.count = total, count
+            return
+        if total.shape != self.sum.shape:
+            raise ValueError(f"channel-mean observer saw {self.sum.size} channels, then {total.size}")
+        self.sum, self.count = self.sum + total, self.count + count
+
+    def merge(self, other: ChannelMeanObserver) -> None:
+        if other.sum is None:
+            return
+        if self.sum is None:
+            self.sum, self.count = other.sum.copy(), other.count.copy()
+            return
+        self.sum, self.count = self.sum + other.sum, self.count + other.count
+
+    @property
+    def mean(self) -> np.ndarray | None:
+        """Per-channel mean; channels that saw no finite value read 0 (no correction)."""
+        if self.sum is None:
+            return None
+        return np.where(self.count > 0, self.sum / np.maximum(self.count, 1), 0.0)
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,8 @@ class TensorStats:
     axis: int | None = None
     count: int = 0
     nonfinite: int = 0
+    #: mean per channel along axis 1, where it was asked for (the input of a layer that bias correction fixes)
+    channel_mean: np.ndarray | None = None
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def range(

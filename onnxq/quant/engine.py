@@ -241,12 +241,19 @@ def float_readers(model: ir.Model, plan: QuantPlan, params: Mapping[str, TensorQ
     return readers
 
 
-def build_qdq_model(model: ir.Model, plan: QuantPlan, stats: Mapping, *, method: str, percentile: float) -> int:
-    """Insert Q/DQ into ``model`` (the one ``plan`` was annotated on). Returns the Q/DQ node count."""
+def build_qdq_model(model: ir.Model, plan: QuantPlan, stats: Mapping, *, method: str, percentile: float,
+                    bias_correction: bool = True) -> int:
+    """Insert Q/DQ into ``model`` (the one ``plan`` was annotated on). Returns the Q/DQ node count.
+
+    With ``bias_correction``, layers whose input's per-channel mean was calibrated
+    (``TensorStats.channel_mean``) get the mean shift of their rounded weights taken out of their bias.
+    """
     params = activation_qparams(plan, stats, method=method, percentile=percentile)
     conversions = width_conversions(plan, params) + shared_input_conversions(plan, params)
     conversions += barrier_conversions(plan, params, conversions)
-    added = insert_qdq(model, plan, params, conversions, float_readers(model, plan, params))
+    means = {name: s.channel_mean for name, s in stats.items()
+             if getattr(s, "channel_mean", None) is not None} if bias_correction else {}
+    added = insert_qdq(model, plan, params, conversions, float_readers(model, plan, params), means)
     if plan.dynamic_annotations():
         from onnxq.quant.dynamic import rewrite_dynamic
 

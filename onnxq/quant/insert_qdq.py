@@ -15,7 +15,7 @@ The model's default opset is raised first when a spec needs it (per-channel 13, 
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +23,7 @@ import onnx_ir as ir
 
 from onnxq import runtime_compat
 from onnxq.errors import OpsetError
-from onnxq.quant import qparams
+from onnxq.quant import bias_correction, qparams
 from onnxq.quant.annotate import QuantPlan
 from onnxq.quant.spec import Granularity, QuantSpec
 
@@ -97,11 +97,14 @@ def required_opset(plan: QuantPlan) -> int:
 
 def insert_qdq(model: ir.Model, plan: QuantPlan, activations: dict[str, TensorQParams],
                conversions: list[Conversion] | None = None,
-               private_readers: Collection[tuple[ir.Node, int]] = ()) -> int:
+               private_readers: Collection[tuple[ir.Node, int]] = (),
+               channel_means: Mapping[str, np.ndarray] | None = None) -> int:
     """Insert Q/DQ in place for ``activations`` (name → params) and the plan's weights and biases.
 
     ``private_readers`` (node, input index) read their quantized input through a DequantizeLinear of their
     own whose scale is per-channel shaped (see ``CapabilityTable.requantizes_float_weights``).
+    ``channel_means`` (activation name → per-channel mean): a layer reading one of these gets its bias
+    corrected for the mean shift its rounded weights cause (``bias_correction``).
     Returns the number of Q/DQ nodes added. The plan's node references must belong to ``model``.
     """
     private = {(id(node), index) for node, index in private_readers}
@@ -166,6 +169,8 @@ def insert_qdq(model: ir.Model, plan: QuantPlan, activations: dict[str, TensorQP
         added += 2
 
     min_scales = _bias_safe_weight_scales(bias_uses, activations)
+    layer_means = _layer_means(bias_uses, channel_means or {})
+    bias_shifts: dict[tuple[int, int], np.ndarray] = {}
     for use in sorted(weight_uses, key=lambda u: (u.node.name, u.input_index)):
         weight = use.node.inputs[use.input_index]
         array = weight.const_value.numpy()
@@ -173,9 +178,12 @@ def insert_qdq(model: ir.Model, plan: QuantPlan, activations: dict[str, TensorQP
             # a constant activation-like input (full offload): a mask's -3.4e38 becomes -1e4, see SENTINEL
             array = np.clip(array, -qparams.SENTINEL_LIMIT, qparams.SENTINEL_LIMIT) if np.any(
                 np.abs(array) >= qparams.SENTINEL) else array
+        mean = layer_means.get((id(use.node), use.input_index))
         if use.spec.block_scale_bits is not None:
-            nodes, channel_scale = _lpbq_weight(model, names, weight, array, use.spec,
-                                                min_scales.get((id(use.node), use.input_index)))
+            nodes, channel_scale, rounded = _lpbq_weight(model, names, weight, array, use.spec,
+                                                         min_scales.get((id(use.node), use.input_index)))
+            if mean is not None:
+                _record_shift(bias_shifts, use, array, rounded, mean)
             model.graph.insert_before(use.node, nodes)
             use.node.replace_input_with(use.input_index, nodes[-1].outputs[0])
             weight_scales[(id(use.node), use.input_index)] = channel_scale  # bias scale: s_act · c
@@ -184,6 +192,8 @@ def insert_qdq(model: ir.Model, plan: QuantPlan, activations: dict[str, TensorQP
         q_array, scale, zero = qparams.quantize_weight(
             array, use.spec, name=weight.name, min_scale=min_scales.get((id(use.node), use.input_index))
         )
+        if mean is not None:
+            _record_shift(bias_shifts, use, array, qparams.dequantize_weight(q_array, scale, zero, use.spec), mean)
         base = weight.name
         attributes = {}
         if use.spec.axis is not None:
@@ -207,10 +217,18 @@ def insert_qdq(model: ir.Model, plan: QuantPlan, activations: dict[str, TensorQP
         act = activations.get(use.activation)
         w_scale = weight_scales.get((id(use.node), use.weight_index))
         bias = use.node.inputs[use.input_index]
+        shift = bias_shifts.get((id(use.node), use.weight_index))
+        if bias is not None and shift is not None and (act is None or w_scale is None):
+            # the bias stays float (per-block weights): it is corrected all the same
+            corrected = (bias.const_value.numpy().astype(np.float64) - shift).astype(np.float32)
+            use.node.replace_input_with(use.input_index, _const(model, names, f"{bias.name}_corrected", corrected))
+            continue
         if act is None or w_scale is None or bias is None:
             continue
         bias_scale = (np.float64(act.scale) * w_scale.astype(np.float64)).astype(np.float32)
         b = bias.const_value.numpy().astype(np.float64)
+        if shift is not None:
+            b = b - shift
         q = np.round(b / np.where(bias_scale > 0, bias_scale, 1.0))
         if np.any(np.abs(q) > INT32_MAX):
             logger.warning("bias '%s' overflows int32 at scale s_act·s_w; clipped", bias.name)
@@ -282,8 +300,8 @@ def _channel_shaped_dq(model: ir.Model, names: _Names, quantized: ir.Value, sour
 
 
 def _lpbq_weight(model: ir.Model, names: _Names, weight: ir.Value, array: np.ndarray, spec: QuantSpec,
-                 min_scale: np.ndarray | None) -> tuple[list[ir.Node], np.ndarray]:
-    """DequantizeLinear node(s) of an LPBQ weight and its per-channel scale c.
+                 min_scale: np.ndarray | None) -> tuple[list[ir.Node], np.ndarray, np.ndarray]:
+    """DequantizeLinear node(s) of an LPBQ weight, its per-channel scale c, and the weight as dequantized.
 
     Float form: ``DQ(W_q, k·c, 0; axis, block_size)``. Integer form (``spec.int_block_scales``): the block
     scales come from ``DQ(k uint8, c, 0; axis=channel_axis)`` feeding that DQ's scale input, the pattern
@@ -313,7 +331,27 @@ def _lpbq_weight(model: ir.Model, names: _Names, weight: ir.Value, array: np.nda
     dq.outputs[0].name = names(f"{base}_dequantized")
     _copy_type(weight, dq.outputs[0])
     nodes.append(dq)
-    return nodes, lpbq.channel_scale
+    rounded = qparams.dequantize_weight(lpbq.q, lpbq.block_scales, lpbq.zero, spec)
+    return nodes, lpbq.channel_scale, rounded
+
+
+def _layer_means(bias_uses, channel_means: Mapping[str, np.ndarray]) -> dict[tuple[int, int], np.ndarray]:
+    """(node, weight index) → the per-channel mean of its input, for the layers bias correction handles."""
+    means = {}
+    for use in bias_uses:
+        mean = channel_means.get(use.activation)
+        if mean is not None and bias_correction.corrects(use.node, use.weight_index):
+            means[(id(use.node), use.weight_index)] = mean
+    return means
+
+
+def _record_shift(shifts: dict, use, weight: np.ndarray, rounded: np.ndarray, mean: np.ndarray) -> None:
+    shift = bias_correction.output_shift(use.node, weight, rounded, mean)
+    bias = use.node.inputs[2] if len(use.node.inputs) > 2 else None
+    if shift is None or bias is None or bias.const_value is None or bias.const_value.shape != (shift.size,):
+        logger.debug("'%s': no bias correction (shapes do not line up)", use.node.name)
+        return
+    shifts[(id(use.node), use.input_index)] = shift
 
 
 def _bias_safe_weight_scales(bias_uses, activations) -> dict[tuple[int, int], np.ndarray]:

@@ -97,6 +97,17 @@ def dequantize(q: np.ndarray, scale: np.ndarray, zero: np.ndarray, axis: int | N
     return ((q.astype(np.float64) - zero.astype(np.float64)) * scale).astype(np.float32)
 
 
+def dequantize_weight(q: np.ndarray, scale: np.ndarray, zero: np.ndarray, spec: QuantSpec) -> np.ndarray:
+    """What DequantizeLinear makes of ``quantize_weight``'s result (per tensor, channel or block)."""
+    if spec.block_size is not None:
+        axis = spec.axis % q.ndim
+        scale = np.repeat(scale, spec.block_size, axis=axis)
+        zero = np.repeat(zero, spec.block_size, axis=axis)
+        return ((q.astype(np.float64) - zero.astype(np.float64)) * scale).astype(np.float32)
+    axis = None if spec.granularity is Granularity.PER_TENSOR else spec.axis % q.ndim
+    return dequantize(q, np.asarray(scale), np.asarray(zero), axis)
+
+
 def quantize_weight(
     w: np.ndarray, spec: QuantSpec, *, name: str = "", min_scale: np.ndarray | float | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -26,11 +26,11 @@ from onnxq import heap, model_io, pipeline, runtime_compat
 from onnxq.backends.registry import Target, resolve_target
 from onnxq.calibration import CalibrationData, collect_statistics
 from onnxq.inspection import QUANT_METADATA_KEY
-from onnxq.quant import fallback, metrics
+from onnxq.quant import bias_correction, fallback, metrics
 from onnxq.quant.annotate import FLOAT, QuantPlan, annotate
 from onnxq.quant.insert_qdq import required_opset
 from onnxq.quant.engine import build_qdq_model, mismatched_shared_nodes
-from onnxq.quant.recipe import Recipe
+from onnxq.quant.recipe import Recipe, default_budget
 from onnxq.quant.spec import QDType
 from onnxq.session_files import SessionFiles
 
@@ -162,6 +162,15 @@ def _run_many(session, backend, samples) -> list[dict[str, np.ndarray]]:
     return [backend.run(session, sample) for sample in samples]
 
 
+def _float_output_shapes(model: ir.Model) -> list[tuple | None]:
+    shapes = []
+    for value in model.graph.outputs:
+        if value.dtype is not None and value.dtype.is_floating_point():
+            shapes.append(None if value.shape is None else tuple(
+                d if isinstance(d, int) else None for d in value.shape))
+    return shapes
+
+
 def _key(forced: dict[str, str]) -> tuple:
     return tuple(sorted(forced.items()))
 
@@ -223,13 +232,15 @@ def _quantize(model: ir.Model, calibration, *, target: str | Target, recipe: Rec
     check_finite_weights(plan)
     tensors = sorted(plan.activation_specs())
     say(f"calibrating {len(tensors)} tensors")
+    means = bias_correction.mean_requests(plan) if recipe.bias_correction else {}
     stats = collect_statistics(model, tensors, data, method=recipe.method, moving_average=recipe.moving_average,
-                               session_files=files)
+                               session_files=files, channel_means=means)
     heap.release(collect=False)
     dissolved = {d.node: d for d in mismatched_shared_nodes(plan, stats, recipe.method, recipe.percentile)}
 
     holdout = data.holdout_samples
-    report = QuantReport(target.name, precision, recipe.method, data.num_samples or 0, len(holdout), recipe.max_error)
+    budget = recipe.max_error if recipe.max_error is not None else default_budget(_float_output_shapes(model))
+    report = QuantReport(target.name, precision, recipe.method, data.num_samples or 0, len(holdout), budget)
     backend = target.backend
     reference = _reference_outputs(model, backend, holdout, files) if holdout else []
     heap.release(collect=False)
@@ -242,7 +253,8 @@ def _quantize(model: ir.Model, calibration, *, target: str | Target, recipe: Rec
         candidate = model.clone()  # shares the FP32 weights: a candidate costs its graph, not a copy
         plan = annotate(candidate, table, variant=target.variant, precision=precision,
                         overrides=overrides, forced=forced)
-        count = build_qdq_model(candidate, plan, stats, method=recipe.method, percentile=recipe.percentile)
+        count = build_qdq_model(candidate, plan, stats, method=recipe.method, percentile=recipe.percentile,
+                                bias_correction=recipe.bias_correction)
         return candidate, plan, count
 
     def measure(candidate: ir.Model, samples, quick: bool) -> dict[str, float]:
@@ -268,7 +280,7 @@ def _quantize(model: ir.Model, calibration, *, target: str | Target, recipe: Rec
 
     result = None
     if holdout:
-        result = fallback.search(evaluate, base_forced, recipe.max_error, enabled=recipe.fallback,
+        result = fallback.search(evaluate, base_forced, report.max_error, enabled=recipe.fallback,
                                  every_layer=table.full_offload, say=say)
         forced, report.error, report.rounds = result.forced, result.error, result.rounds
         report.output_errors = errors_seen.get(_key(forced), {})
@@ -279,7 +291,7 @@ def _quantize(model: ir.Model, calibration, *, target: str | Target, recipe: Rec
     if holdout and backend.simulated:
         # The search ran on the CPU stand-in; the simulator has the last word. Where it measures more error
         # than the stand-in did, search again against a budget tightened by that ratio (twice at most).
-        budget = recipe.max_error
+        budget = report.max_error
         for attempt in range(3):
             say(f"verifying on {target.name} ({len(holdout)} samples)")
             try:
@@ -290,7 +302,7 @@ def _quantize(model: ir.Model, calibration, *, target: str | Target, recipe: Rec
                 break
             report.error = max(report.output_errors.values(), default=0.0)
             proxy_error = result.error
-            if report.error <= recipe.max_error or not recipe.fallback or attempt == 2 or proxy_error <= 0 \
+            if report.error <= report.max_error or not recipe.fallback or attempt == 2 or proxy_error <= 0 \
                     or proxy_error > budget:
                 break
             budget = budget * min(proxy_error / report.error, 0.9)
@@ -301,9 +313,9 @@ def _quantize(model: ir.Model, calibration, *, target: str | Target, recipe: Rec
             report.rounds = report.rounds + result.rounds
             forced = result.forced
             candidate, plan, report.qdq_nodes = build(forced)
-    if holdout and report.error > recipe.max_error:
-        logger.warning("accuracy budget %g not met: worst output error %.4g", recipe.max_error, report.error)
-    report.budget_met = bool(holdout) and report.error <= recipe.max_error
+    if holdout and report.error > report.max_error:
+        logger.warning("accuracy budget %g not met: worst output error %.4g", report.max_error, report.error)
+    report.budget_met = bool(holdout) and report.error <= report.max_error
     report.layers = {a.name: a.precision for a in plan.annotations}
     moved = {name: f"moved to {dest} by fall-back (sensitivity {result.sensitivity.get(name, 0):.3g})"
              for name, dest in forced.items() if name not in base_forced} if result else {}

@@ -1,0 +1,145 @@
+"""Bias correction: per-channel input means are streamed exactly, the shift formula matches what the
+runtime computes, and the correction removes the mean error that rounded edge-detector kernels cause."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxq import numerics
+from onnxq.backends.registry import resolve_target
+from onnxq.calibration import collect_statistics
+from onnxq.calibration.observers import ChannelMeanObserver
+from onnxq.quant import bias_correction, metrics
+from onnxq.quant.annotate import annotate
+from onnxq.quant.engine import build_qdq_model
+from onnxq.quant.recipe import CLASSIFIER_MAX_ERROR, DEFAULT_MAX_ERROR, default_budget
+
+TABLE = resolve_target("ort").table()
+
+
+def test_channel_mean_observer_streams_like_one_shot_and_skips_nonfinite():
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(3.0, 2.0, (1, 5, 4, 7 + i)).astype(np.float32) for i in range(6)]
+    batches[2][0, 1, 0, 0] = np.nan
+    batches[3][0, 4, 1, 1] = -np.inf
+    observer = ChannelMeanObserver(axis=1)
+    for batch in batches:
+        observer.update(batch)
+    flat = [np.moveaxis(b, 1, 0).reshape(5, -1) for b in batches]
+    joined = np.concatenate(flat, axis=1).astype(np.float64)
+    expected = np.nanmean(np.where(np.isfinite(joined), joined, np.nan), axis=1)
+    np.testing.assert_allclose(observer.mean, expected, rtol=1e-12)
+    halves = ChannelMeanObserver(1), ChannelMeanObserver(1)
+    for i, batch in enumerate(batches):
+        halves[i % 2].update(batch)
+    halves[0].merge(halves[1])
+    np.testing.assert_allclose(halves[0].mean, expected, rtol=1e-12)
+    with pytest.raises(ValueError, match="channel"):
+        observer.update(np.zeros((1, 6, 2, 2), np.float32))
+
+
+def _layer_model(op: str, weight: np.ndarray, bias: np.ndarray, in_shape, attrs) -> onnx.ModelProto:
+    node = helper.make_node(op, ["x", "w", "b"], ["y"], **attrs)
+    graph = helper.make_graph(
+        [node], "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(in_shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+@pytest.mark.parametrize(
+    "op, w_shape, in_shape, attrs",
+    [("Conv", (6, 4, 3, 3), (1, 4, 9, 9), {}),
+     ("Conv", (6, 2, 3, 3), (1, 4, 9, 9), {"group": 2, "strides": [2, 2], "dilations": [2, 2]}),
+     ("Conv", (8, 1, 5, 5), (1, 8, 9, 9), {"group": 8}),
+     ("Gemm", (5, 7), (3, 7), {"transB": 1, "alpha": 0.5, "beta": 2.0}),
+     ("Gemm", (7, 5), (3, 7), {"alpha": 1.5})],
+)
+def test_output_shift_is_the_layers_response_to_its_mean_input(op, w_shape, in_shape, attrs):
+    """What ORT computes with the weight delta on a constant input equal to the channel means, seen
+    through beta·bias, is exactly the shift the module subtracts."""
+    rng = np.random.default_rng(1)
+    weight = rng.normal(0, 1, w_shape).astype(np.float32)
+    rounded = (weight + rng.normal(0, 0.05, w_shape)).astype(np.float32)
+    mean = rng.uniform(-2, 3, in_shape[1]).astype(np.float32)
+    x = np.broadcast_to(mean.reshape((1, -1) + (1,) * (len(in_shape) - 2)), in_shape).astype(np.float32)
+    outputs = w_shape[0] if op == "Conv" or attrs.get("transB") else w_shape[1]
+    zero_bias = np.zeros(outputs, np.float32)
+    exact = numerics.run_model(_layer_model(op, rounded, zero_bias, in_shape, attrs).SerializeToString(), {"x": x})["y"]
+    base = numerics.run_model(_layer_model(op, weight, zero_bias, in_shape, attrs).SerializeToString(), {"x": x})["y"]
+    response = (exact - base).reshape(in_shape[0], outputs, -1)[0, :, 0]  # a pixel away from borders
+    node = ir.serde.deserialize_model(_layer_model(op, weight, zero_bias, in_shape, attrs)).graph.node(0)
+    assert bias_correction.corrects(node, 1)
+    shift = bias_correction.output_shift(node, weight, rounded, mean)
+    beta = attrs.get("beta", 1.0)
+    np.testing.assert_allclose(beta * shift, response, rtol=1e-4, atol=1e-4)
+
+
+def _edge_model(rng) -> tuple[ir.Model, np.ndarray]:
+    """Depthwise 3x3 "derivative" kernels (large taps that nearly cancel) on inputs with a large mean; no
+    padding, so every output pixel sees all taps (at a zero-padded border the shift is smaller)."""
+    channels = 8
+    taps = rng.normal(0, 6.0, (channels, 9))
+    taps -= taps.mean(axis=1, keepdims=True)  # DC gain ~0, as an edge detector
+    weight = taps.reshape(channels, 1, 3, 3).astype(np.float32)
+    bias = rng.normal(0, 0.5, channels).astype(np.float32)
+    w2 = rng.normal(0, 0.5, (4, channels, 1, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["c"], group=channels),
+         helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("Conv", ["r", "w2"], ["y"])],
+        "edges", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 14, 14])],
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b"),
+         numpy_helper.from_array(w2, "w2")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    return ir.serde.deserialize_model(proto), weight
+
+
+def _samples(rng, n):
+    # smooth images with a large positive mean: what a depthwise layer sees after a ReLU
+    base = rng.uniform(4.0, 8.0, (n, 1, 8, 1, 1)).astype(np.float32)
+    return [{"x": (base[i] + rng.normal(0, 0.3, (1, 8, 16, 16))).astype(np.float32)} for i in range(n)]
+
+
+def test_bias_correction_removes_the_mean_shift_of_rounded_edge_kernels():
+    rng = np.random.default_rng(2)
+    model, _ = _edge_model(rng)
+    calib, held = _samples(rng, 16), _samples(rng, 8)
+    reference = [numerics.run_model(model, s) for s in held]
+    plan = annotate(model, TABLE)
+    means = bias_correction.mean_requests(plan)
+    assert means == {"x": 1}
+    stats = collect_statistics(model, sorted(plan.activation_specs()), calib, channel_means=means)
+    expected_mean = np.mean([s["x"].mean(axis=(0, 2, 3)) for s in calib], axis=0)
+    np.testing.assert_allclose(stats["x"].channel_mean, expected_mean, rtol=1e-6)
+
+    errors = {}
+    for corrected in (False, True):
+        candidate = model.clone()
+        plan = annotate(candidate, TABLE)
+        build_qdq_model(candidate, plan, stats, method="minmax", percentile=100.0, bias_correction=corrected)
+        proto = ir.to_proto(candidate)
+        onnx.checker.check_model(proto, full_check=True)
+        got = [numerics.run_model(proto.SerializeToString(), s) for s in held]
+        shift = np.mean([g["y"] - r["y"] for g, r in zip(got, reference, strict=True)], axis=(0, 1, 3, 4))
+        errors[corrected] = (metrics.output_errors(reference, got)["y"], float(np.abs(shift).max()))
+    # the rounding of the kernels shifts each channel by ΔW·μ: the correction removes most of that
+    # systematic part (what is left comes from activation rounding), and the error drops with it
+    assert errors[True][1] < 0.25 * errors[False][1], errors
+    assert errors[True][0] < 0.6 * errors[False][0], errors
+
+
+@pytest.mark.parametrize(
+    "shapes, expected",
+    [([(None, 1000)], CLASSIFIER_MAX_ERROR), ([(1, 4)], CLASSIFIER_MAX_ERROR),
+     ([(None, 1)], DEFAULT_MAX_ERROR), ([(None, None)], DEFAULT_MAX_ERROR),
+     ([(1, 84, 2100)], DEFAULT_MAX_ERROR), ([(None, None, 6625)], DEFAULT_MAX_ERROR),
+     ([None, (1, 128, 384), (None, 10)], CLASSIFIER_MAX_ERROR), ([], DEFAULT_MAX_ERROR)],
+)
+def test_default_budget_is_tighter_for_classifier_outputs(shapes, expected):
+    assert default_budget(shapes) == expected
