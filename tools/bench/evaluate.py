@@ -104,12 +104,17 @@ def interleaved_latency(sessions: list, feed: Feeds, min_rounds: int, budget_s: 
 
 
 def load_eval(path: Path, batch_axes: dict, samples: int) -> tuple[list[Feeds], np.ndarray | None]:
+    """``samples`` eval samples spread evenly over the file (zoo eval sets are ordered by source: the first
+    16 of EfficientNet-Lite0's would be crops of two photos), or all of them if there are fewer."""
     from models.artifacts import batches, read_samples, split_eval
+    from onnxq.calibration.data import spread_indices
 
     inputs, labels = split_eval(read_samples(path))
-    inputs = {name: array[:samples] for name, array in inputs.items()}
+    total = min((len(array) for array in inputs.values()), default=0)
+    keep = np.asarray(spread_indices(total, samples) if samples < total else range(total), dtype=np.int64)
+    inputs = {name: array[keep] for name, array in inputs.items()}
     feeds = list(batches(inputs, batch_axes, batch_size=1))
-    return feeds, None if labels is None else labels[:samples]
+    return feeds, None if labels is None else labels[keep]
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
