@@ -38,8 +38,6 @@ def quantize(
     calibration_size: Annotated[Optional[int], typer.Option("--calibration-size", help="use at most N samples")] = None,
     holdout: Annotated[Optional[int], typer.Option("--holdout", help="held-back samples for verification")] = None,
     no_fallback: Annotated[bool, typer.Option("--no-fallback", help="report the error, do not fall back")] = False,
-    no_bias_correction: Annotated[bool, typer.Option(
-        "--no-bias-correction", help="keep Conv/Gemm biases as they are (no mean-shift correction)")] = False,
     report_path: Annotated[Optional[Path], typer.Option("--report", help="write the JSON report here")] = None,
     input_shape: Annotated[Optional[list[str]], typer.Option("--input-shape", help="NAME=1x3x224x224")] = None,
 ) -> None:
@@ -57,7 +55,6 @@ def quantize(
     recipe = recipe.with_options(
         precision=precision, method=method, percentile=percentile, max_error=max_error,
         calibration_size=calibration_size, holdout=holdout, fallback=False if no_fallback else None,
-        bias_correction=False if no_bias_correction else None,
     )
     loaded = model_io.load_model(model)
     fp32 = loaded.model
@@ -70,20 +67,22 @@ def quantize(
         quantized, report = run_quantize(
             fp32, calib, target=resolved, recipe=recipe, progress=lambda message: update(0, 0, message),
         )
+    heap.release()  # what quantizing freed, before writing and validating
     with progress_bar("validating and writing"):
         model_io.save_model(quantized, output, protected=[loaded.path, *loaded.data_files])
-    heap.release()
     # Speed on the target, measured interleaved against the FP32 input, on one held-back sample.
     sample = next(iter(report_samples(calib, fp32, recipe)), None)
     if sample is not None and not resolved.backend.simulated:
         # Both through files whose weights ORT maps (not bytes it copies thrice); from memory, not the input's
-        # path: ORT cannot load some external-data layouts (a Reshape shape stored outside the file).
+        # path: ORT cannot load some external-data layouts (a Reshape shape stored outside the file). The
+        # models go before the sessions come: two sessions at once are the peak of the whole command.
         with SessionFiles() as files:
-            with files.model_file(model_io.in_memory(fp32)) as path:
-                fp32_session = resolved.session(path)
-            with files.model_file(quantized) as path:
-                q_session = resolved.session(path)
-            t_fp32, t_q = resolved.backend.time_sessions([fp32_session, q_session], sample, rounds=20)
+            paths = [files.write_model(model_io.in_memory(fp32)), files.write_model(quantized)]
+            del fp32, quantized, loaded
+            heap.release()
+            sessions = [resolved.session(path) for path in paths]
+            t_fp32, t_q = resolved.backend.time_sessions(sessions, sample, rounds=20)
+            del sessions
         report.speedup = t_fp32 / t_q if t_q > 0 else None
     if report_path:
         model_io.write_text_atomic(report_path, report.to_json())

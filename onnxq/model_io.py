@@ -25,7 +25,7 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from onnxq import graph_checks, proto_stream, runtime_compat, safety
+from onnxq import graph_checks, heap, proto_stream, runtime_compat, safety
 from onnxq.errors import InvalidModelError, OpsetError, OutputPathError, ValidationError
 
 logger = logging.getLogger(__name__)
@@ -228,6 +228,7 @@ def save_model(
     try:
         staged = staging / output.name
         _write(model, staged, data_name)
+        heap.release(collect=False)  # the writer's transient copies, before validation parses the file
         if validate:
             validate_model_file(staged)
         if data_name:

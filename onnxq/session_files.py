@@ -94,16 +94,21 @@ class SessionFiles:
     def model_file(self, model: ir.Model) -> Iterator[str]:
         """``model`` written in the folder (large tensors external); the path, for ``InferenceSession``.
         The files are deleted when the block ends."""
-        stem = f"model-{next(self._names)}"
-        data = f"{stem}.data"
-        path = self.folder / f"{stem}.onnx"
-        path.write_bytes(ir.to_proto(self.external_view(model, data_name=data)).SerializeToString())
+        path = self.write_model(model)
         try:
-            yield str(path)
+            yield path
         finally:
-            for leftover in (path, self.folder / data):
+            for leftover in (Path(path), Path(path).with_suffix(".data")):
                 with contextlib.suppress(OSError):  # Windows: still mapped; goes with the folder
                     leftover.unlink(missing_ok=True)
+
+    def write_model(self, model: ir.Model) -> str:
+        """``model`` written in the folder (large tensors external), kept until ``close``; the path. The
+        caller may drop ``model`` before making sessions of it (the speed check holds no model then)."""
+        stem = f"model-{next(self._names)}"
+        path = self.folder / f"{stem}.onnx"
+        path.write_bytes(ir.to_proto(self.external_view(model, data_name=f"{stem}.data")).SerializeToString())
+        return str(path)
 
     def _write_tensors(self, tensors: list[ir.TensorProtocol], data: Path) -> list[ir.ExternalTensor]:
         references = []

@@ -120,3 +120,28 @@ def test_quantize_never_hands_ort_the_weights_as_bytes(monkeypatch):
     assert len(report.rounds) > 1 and len(sources) > 3
     weights = 64 * 64 * 4
     assert all(isinstance(s, str) or len(s) < weights // 4 for s in sources), [type(s) for s in sources]
+
+
+def test_cli_speed_check_sessions_come_after_the_models_go(tmp_path, monkeypatch):
+    """The speed check's two sessions are the command's last allocation: no model may be alive beside them."""
+    import gc
+
+    from onnxq import cli
+
+    ir.save(small_model(), tmp_path / "m.onnx")
+    rng = np.random.default_rng(4)
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((12, 1, 64)).astype(np.float32))
+    live_models = []
+    real = ort.InferenceSession
+
+    def counting(source, *args, **kwargs):
+        gc.collect()
+        live_models.append(sum(isinstance(o, ir.Model) for o in gc.get_objects()))
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", counting)
+    code = cli.main(["-q", "quantize", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "q.onnx"),
+                     "--calib", str(tmp_path / "calib.npz")])
+    assert code == 0 and (tmp_path / "q.onnx").exists()
+    assert live_models[-2:] == [0, 0], live_models  # FP32 and quantized timing sessions
+    assert min(live_models[:-2]) > 0  # the count sees the models where they are alive
