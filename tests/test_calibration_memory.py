@@ -34,3 +34,27 @@ def test_held_back_samples_of_a_compressed_npz_do_not_pin_the_whole_array(tmp_pa
     assert len(data.holdout_samples) == 4
     # one decompressed array at a time (and the zip reader's buffer), not one per held-back sample
     assert peak < 2.5 * whole, f"peak {peak / 2**20:.1f} MiB for a {whole / 2**20:.0f} MiB array"
+
+
+def test_each_calibration_output_is_dropped_once_observed():
+    """The largest output's observer (float64 temporaries for channel means) runs with no other output alive."""
+    import weakref
+
+    from onnxq.calibration import collect
+
+    sizes = {"a": 1000, "b": 10, "c": 100_000, "d": 100}
+    arrays = [np.zeros(n, np.float32) for n in sizes.values()]
+    refs = [weakref.ref(a) for a in arrays]
+    alive_at_update = {}
+
+    class Recorder:
+        def __init__(self, name):
+            self.name = name
+
+        def update(self, array):
+            alive_at_update[self.name] = sum(r() is not None for r in refs)
+
+    outputs, arrays = arrays, None  # as session.run hands them over: one list, no other reference
+    collect._observe_outputs(outputs, list(sizes), {name: Recorder(name) for name in sizes})
+    assert alive_at_update == {"b": 4, "d": 3, "a": 2, "c": 1}
+    assert all(r() is None for r in refs)
