@@ -12,7 +12,9 @@ Global flags anywhere on the line: ``--quiet``, ``--verbose``, ``--debug`` (full
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Annotated, Optional
@@ -125,8 +127,28 @@ def _register_quantization_commands() -> None:
 _register_quantization_commands()
 
 
+class _Terminated(Exception):
+    """SIGTERM (a CI timeout, `kill`), raised so that temporary files and folders are removed on the way out."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated("terminated (SIGTERM); nothing was written")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: returns the exit code (2 for bad input, 1 for failed checks)."""
+    """Console entry point: returns the exit code (2 for bad input, 1 for failed checks, 143 on SIGTERM)."""
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() \
+        else None
+    try:
+        return _main(argv)
+    except _Terminated as exc:
+        return exit_with_error(exc, 143)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     args = extract_global_flags(list(sys.argv[1:] if argv is None else argv))
     configure_logging()
     try:
@@ -145,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         return exit_with_error(OnnxqError(f"{message} (see '{command} --help')"), 2)
     except (typer.Abort, KeyboardInterrupt):
         return exit_with_error(KeyboardInterrupt("interrupted; nothing was written"), 130)
+    except _Terminated:
+        raise
     except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into a clean line
         if FLAGS.debug:
             traceback.print_exc()

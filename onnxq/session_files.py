@@ -16,7 +16,9 @@ them and copies nothing but what it prepacks (MiniLM: +45 MiB at peak). So sessi
    Linux a mapped file outlives its name); the folder goes at ``close``.
 
 The folder is on the system's temporary directory (``TMPDIR``); it holds the FP32 weights once, plus the
-new weights of the model being verified.
+new weights of the model being verified. Its name carries the owning process id: a process killed before
+``close`` (SIGKILL, OOM killer) leaves its folder behind, a full copy of the weights, so each new folder
+first removes those of processes that no longer exist (``remove_stale_folders``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -47,11 +50,43 @@ def _externalizable(tensor: ir.TensorProtocol | None) -> bool:
     return tensor is not None and tensor.dtype not in _SHAPE_LIKE and tensor.nbytes >= MIN_EXTERNAL_BYTES
 
 
+PREFIX = "onnxq-sessions-"
+
+
+def remove_stale_folders(parent: Path | None = None) -> list[Path]:
+    """Delete this user's session folders whose owning process (the id in the name) is gone; returns them."""
+    parent = Path(parent or tempfile.gettempdir())
+    removed = []
+    for folder in parent.glob(f"{PREFIX}*-*"):
+        pid = folder.name[len(PREFIX):].split("-", 1)[0]
+        try:
+            if not pid.isdigit() or folder.stat().st_uid != os.getuid() or _alive(int(pid)):
+                continue
+        except OSError:  # vanished meanwhile
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    if removed:
+        logger.info("removed %d session folder(s) left by killed onnxq processes", len(removed))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, someone else's
+        return True
+    return True
+
+
 class SessionFiles:
     """A private folder of models for ONNX Runtime sessions; see the module docstring."""
 
     def __init__(self) -> None:
-        self.folder = Path(tempfile.mkdtemp(prefix="onnxq-sessions-"))
+        remove_stale_folders()
+        self.folder = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
         self._written: dict[int, tuple[ir.TensorProtocol, ir.ExternalTensor]] = {}  # id -> (kept alive, ref)
         self._names = itertools.count()
 

@@ -145,3 +145,51 @@ def test_cli_speed_check_sessions_come_after_the_models_go(tmp_path, monkeypatch
     assert code == 0 and (tmp_path / "q.onnx").exists()
     assert live_models[-2:] == [0, 0], live_models  # FP32 and quantized timing sessions
     assert min(live_models[:-2]) > 0  # the count sees the models where they are alive
+
+
+def test_session_folders_of_dead_processes_are_removed_and_others_kept(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from onnxq.session_files import PREFIX, remove_stale_folders
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True).stdout)
+    stale, live, foreign = (tmp_path / f"{PREFIX}{dead}-a", tmp_path / f"{PREFIX}{os.getpid()}-b",
+                            tmp_path / f"{PREFIX}not-a-pid")
+    for folder in (stale, live, foreign):
+        folder.mkdir()
+        (folder / "weights.data").write_bytes(b"\0" * 4096)
+    assert remove_stale_folders(tmp_path) == [stale]
+    assert not stale.exists() and live.exists() and foreign.exists()
+
+
+def test_sigterm_during_quantize_removes_the_session_folder_and_writes_nothing(tmp_path, demo_path):
+    """A CI timeout or `kill` must not leave a copy of the weights in TMPDIR, nor half an output."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import load_tool
+
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, **load_tool("make_demo_model").calibration_data(samples=400, seed=0))
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    out = tmp_path / "q.onnx"
+    command = [sys.executable, "-c", "import sys; from onnxq.cli import main; sys.exit(main())",
+               "quantize", str(demo_path), "-o", str(out), "--calib", str(calib)]
+    process = subprocess.Popen(command, env={**os.environ, "TMPDIR": str(scratch)},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(scratch.glob(f"onnxq-sessions-{process.pid}-*")) and process.poll() is None:
+        assert time.monotonic() < deadline, "no session folder appeared"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    assert "terminated (SIGTERM); nothing was written" in stderr
+    assert not list(scratch.glob("onnxq-sessions-*")) and not out.exists()
