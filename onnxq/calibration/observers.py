@@ -151,10 +151,15 @@ class ChannelMeanObserver:
         array = np.asarray(array)
         if array.ndim == 0 or not -array.ndim <= self.axis < array.ndim:
             raise ValueError(f"channel axis {self.axis} is out of range for a tensor of rank {array.ndim}")
-        moved = np.moveaxis(array, self.axis, 0).reshape(array.shape[self.axis], -1).astype(np.float64)
-        keep = np.isfinite(moved) & (np.abs(moved) < SENTINEL)
-        total = np.where(keep, moved, 0.0).sum(axis=1)
-        count = keep.sum(axis=1)
+        moved = np.moveaxis(array, self.axis, 0).reshape(array.shape[self.axis], -1)
+        if moved.size and np.isfinite(lo := moved.min()) and np.isfinite(hi := moved.max()) \
+                and -SENTINEL < lo and hi < SENTINEL:  # the usual case: no float64 copy of the tensor
+            total = moved.sum(axis=1, dtype=np.float64)
+            count = np.full(moved.shape[0], moved.shape[1], dtype=np.int64)
+        else:
+            keep = np.isfinite(moved) & (np.abs(moved) < SENTINEL)
+            total = np.where(keep, moved, 0).sum(axis=1, dtype=np.float64)
+            count = keep.sum(axis=1)
         if self.sum is None:
             self.sum, self.count = total, count
             return
