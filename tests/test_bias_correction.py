@@ -135,11 +135,34 @@ def test_bias_correction_removes_the_mean_shift_of_rounded_edge_kernels():
 
 
 @pytest.mark.parametrize(
-    "shapes, expected",
-    [([(None, 1000)], CLASSIFIER_MAX_ERROR), ([(1, 4)], CLASSIFIER_MAX_ERROR),
-     ([(None, 1)], DEFAULT_MAX_ERROR), ([(None, None)], DEFAULT_MAX_ERROR),
-     ([(1, 84, 2100)], DEFAULT_MAX_ERROR), ([(None, None, 6625)], DEFAULT_MAX_ERROR),
-     ([None, (1, 128, 384), (None, 10)], CLASSIFIER_MAX_ERROR), ([], DEFAULT_MAX_ERROR)],
+    "outputs, expected",
+    [([((None, 1000), "Gemm")], CLASSIFIER_MAX_ERROR), ([((1, 4), "MatMul")], CLASSIFIER_MAX_ERROR),
+     ([((1, 384), "Div")], DEFAULT_MAX_ERROR),  # a normalised sentence embedding
+     ([((None, 1), "Gemm")], DEFAULT_MAX_ERROR), ([((None, None), "Gemm")], DEFAULT_MAX_ERROR),
+     ([((1, 84, 2100), "Concat")], DEFAULT_MAX_ERROR), ([((None, None, 6625), "MatMul")], DEFAULT_MAX_ERROR),
+     ([(None, "Gemm"), ((1, 128, 384), "Add"), ((None, 10), "Gemm")], CLASSIFIER_MAX_ERROR), ([], DEFAULT_MAX_ERROR)],
 )
-def test_default_budget_is_tighter_for_classifier_outputs(shapes, expected):
-    assert default_budget(shapes) == expected
+def test_default_budget_is_tighter_for_classifier_outputs(outputs, expected):
+    assert default_budget(outputs) == expected
+
+
+@pytest.mark.parametrize("tail, expected", [("Softmax", CLASSIFIER_MAX_ERROR), ("Div", DEFAULT_MAX_ERROR)])
+def test_quantize_picks_the_budget_from_the_graph(tail, expected):
+    """[N, 5] from Gemm → Softmax is a classifier's; [N, 5] from Gemm → Div (a normalised embedding) is not."""
+    import onnxq
+
+    rng = np.random.default_rng(3)
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["g"], transB=1)]
+    if tail == "Softmax":
+        nodes.append(helper.make_node("Softmax", ["g"], ["y"], axis=-1))
+    else:
+        nodes.append(helper.make_node("Div", ["g", "c"], ["y"]))
+    graph = helper.make_graph(
+        nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 5])],
+        [numpy_helper.from_array(rng.normal(0, 0.3, (5, 16)).astype(np.float32), "w"),
+         numpy_helper.from_array(np.zeros(5, np.float32), "b"), numpy_helper.from_array(np.float32(3.0), "c")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    samples = [{"x": rng.normal(0, 1, (1, 16)).astype(np.float32)} for _ in range(12)]
+    _, report = onnxq.quantize(ir.serde.deserialize_model(proto), samples)
+    assert report.max_error == expected

@@ -30,7 +30,7 @@ from onnxq.quant import bias_correction, fallback, metrics
 from onnxq.quant.annotate import FLOAT, QuantPlan, annotate
 from onnxq.quant.insert_qdq import required_opset
 from onnxq.quant.engine import build_qdq_model, mismatched_shared_nodes
-from onnxq.quant.recipe import Recipe, default_budget
+from onnxq.quant.recipe import CLASSIFIER_TAIL_OPS, Recipe, default_budget
 from onnxq.quant.spec import QDType
 from onnxq.session_files import SessionFiles
 
@@ -162,13 +162,21 @@ def _run_many(session, backend, samples) -> list[dict[str, np.ndarray]]:
     return [backend.run(session, sample) for sample in samples]
 
 
-def _float_output_shapes(model: ir.Model) -> list[tuple | None]:
-    shapes = []
+def _float_outputs(model: ir.Model) -> list[tuple[tuple | None, str | None]]:
+    """(shape, head op) of each float graph output, for ``default_budget``."""
+    outputs = []
     for value in model.graph.outputs:
-        if value.dtype is not None and value.dtype.is_floating_point():
-            shapes.append(None if value.shape is None else tuple(
-                d if isinstance(d, int) else None for d in value.shape))
-    return shapes
+        if value.dtype is None or not value.dtype.is_floating_point():
+            continue
+        shape = None if value.shape is None else tuple(d if isinstance(d, int) else None for d in value.shape)
+        producer = value.producer()
+        for _ in range(8):
+            if producer is None or producer.op_type not in CLASSIFIER_TAIL_OPS or not producer.inputs \
+                    or producer.inputs[0] is None:
+                break
+            producer = producer.inputs[0].producer()
+        outputs.append((shape, None if producer is None else producer.op_type))
+    return outputs
 
 
 def _key(forced: dict[str, str]) -> tuple:
@@ -239,7 +247,7 @@ def _quantize(model: ir.Model, calibration, *, target: str | Target, recipe: Rec
     dissolved = {d.node: d for d in mismatched_shared_nodes(plan, stats, recipe.method, recipe.percentile)}
 
     holdout = data.holdout_samples
-    budget = recipe.max_error if recipe.max_error is not None else default_budget(_float_output_shapes(model))
+    budget = recipe.max_error if recipe.max_error is not None else default_budget(_float_outputs(model))
     report = QuantReport(target.name, precision, recipe.method, data.num_samples or 0, len(holdout), budget)
     backend = target.backend
     reference = _reference_outputs(model, backend, holdout, files) if holdout else []

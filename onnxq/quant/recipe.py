@@ -89,13 +89,22 @@ class Recipe:
             raise OptionError(f"recipe '{path}': {exc}") from None
 
 
-def default_budget(output_shapes) -> float:
-    """The budget when none is given: ``CLASSIFIER_MAX_ERROR`` if an output looks like a classifier's
-    ([batch, classes]: rank 2, a fixed class count ≥ 2), else ``DEFAULT_MAX_ERROR``. ``output_shapes``:
-    one tuple per float output (ints for fixed dims, anything else for symbolic or unknown ones).
-    Sequences of class scores ([batch, steps, vocabulary]: a recogniser, a language model) are judged
-    like other tensors: their task metrics held at 0.1 (BENCHMARKS.md)."""
-    for shape in output_shapes:
-        if shape is not None and len(shape) == 2 and isinstance(shape[1], int) and shape[1] >= 2:
+#: Ops between a classifier's last linear layer and its output (scores, probabilities, a reshape).
+CLASSIFIER_TAIL_OPS = frozenset({"Softmax", "LogSoftmax", "Sigmoid", "Identity", "Reshape", "Flatten", "Squeeze",
+                                 "Add"})
+CLASSIFIER_HEAD_OPS = frozenset({"Gemm", "MatMul"})
+
+
+def default_budget(outputs) -> float:
+    """The budget when none is given: ``CLASSIFIER_MAX_ERROR`` if an output is a classifier's, else
+    ``DEFAULT_MAX_ERROR``. ``outputs``: one ``(shape, head)`` per float output, ``shape`` a tuple (ints for
+    fixed dims, anything else for symbolic ones) or None, ``head`` the op type that computes it once
+    ``CLASSIFIER_TAIL_OPS`` are looked through. A classifier's output is ``[batch, classes]`` (a fixed
+    class count ≥ 2) computed by a linear layer (Gemm/MatMul): a pooled, normalised embedding ([batch, 384]
+    from a Div) is not one. Sequences of class scores ([batch, steps, vocabulary]: a recogniser, a language
+    model) are judged like other tensors: their task metrics held at 0.1 (BENCHMARKS.md)."""
+    for shape, head in outputs:
+        if (shape is not None and len(shape) == 2 and isinstance(shape[1], int) and shape[1] >= 2
+                and head in CLASSIFIER_HEAD_OPS):
             return CLASSIFIER_MAX_ERROR
     return DEFAULT_MAX_ERROR
