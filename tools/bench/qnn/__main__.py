@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--models", help=f"comma-separated zoo models (default: {','.join(runner.DEFAULT_MODELS)})")
     parser.add_argument("--tools", help="comma-separated subset of onnxq,ort")
     parser.add_argument("--soc", default="sm8550", help="QNN target SoC (default %(default)s, HTP v73)")
-    parser.add_argument("--eval-samples", type=int, default=None, help="eval samples on the simulator (default 16)")
+    parser.add_argument("--eval-samples", type=int, default=None, help="eval samples on the simulator (default 16, up to 96 where the simulator is fast)")
     parser.add_argument("--calib-samples", type=int, default=64)
     parser.add_argument("--json", type=Path, help="write the full result here")
     parser.add_argument("--update-md", action="store_true", help="rewrite the QNN section of BENCHMARKS.md")
@@ -51,12 +51,13 @@ def options_from(args: argparse.Namespace) -> runner.QnnBenchOptions:
                                      calib_samples=args.calib_samples, timeout_s=args.timeout, quick=args.quick)
     if args.quick:
         options.models, options.eval_samples, options.timeout_s = runner.QUICK_MODELS, 4, min(args.timeout, 300.0)
+        options.max_eval_samples = 4
     if args.models:
         options.models = _list(args.models)
     if args.tools:
         options.tools = _list(args.tools)
     if args.eval_samples is not None:
-        options.eval_samples = args.eval_samples
+        options.eval_samples = options.max_eval_samples = args.eval_samples
     return options
 
 

@@ -9,7 +9,9 @@
    (``session.record_ep_graph_assignment_info``), counted on the graph ORT partitions — after its graph
    optimizations, so totals differ from the file's node count (both are recorded). Where the strict
    session fails, ``runtime.placement`` adds the refused nodes with the runtime's reason for each.
-3. Fidelity: the first ``--samples`` eval samples (never calibration data), one per run, on the strict
+3. Fidelity: ``--samples`` eval samples spread over the eval file (never calibration data) — more, up to
+   ``--max-samples``, where the simulator runs one in under ``--seconds`` / that many (a 16-sample top-1
+   agreement moves in steps of 6%) — one per run, on the strict
    session or — where that failed — a session with CPU fallback (so a partly offloaded model still runs),
    against the FP32 file on ORT's CPU provider fed the *same* arrays. Metrics are the CPU benchmark's
    (``tools.bench.evaluate.compare_outputs``, ``tools.bench.tasks``).
@@ -37,6 +39,7 @@ import numpy as np
 
 from tools.bench import tasks
 from tools.bench.child import first_line, write_result
+from onnxq.calibration.data import spread_indices
 from tools.bench.evaluate import Feeds, compare_outputs, load_eval, make_session
 
 
@@ -171,20 +174,35 @@ def run_timed(session, feeds: list[Feeds]) -> tuple[list[dict[str, np.ndarray]],
     return outputs, seconds
 
 
+def sample_count(session, feeds: list[Feeds], args: argparse.Namespace) -> int:
+    """``args.samples``, or more (up to ``args.max_samples``) when one simulator run is fast enough that
+    they all fit in ``args.seconds``; timed on one sample (after a warm-up run)."""
+    if session is None or len(feeds) <= args.samples:
+        return min(len(feeds), args.samples)
+    try:
+        _, seconds = run_timed(session, feeds[:1] * 2)
+    except Exception:  # noqa: BLE001 - the real run records the error
+        return args.samples
+    affordable = int(args.seconds / max(seconds[-1], 1e-6))
+    return max(args.samples, min(len(feeds), args.max_samples, affordable))
+
+
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from onnxq.backends.qnn import runtime
 
     result: dict[str, Any] = {"soc_model": args.soc, "versions": runtime.versions(), "notes": []}
     offload = check_offload(args.candidate, args.soc)
     result.update(offload["record"])
-    feeds, labels = load_eval(args.eval, json.loads(args.batch_axes), args.samples)
+    session = offload["session"]
+    feeds, labels = load_eval(args.eval, json.loads(args.batch_axes), max(args.samples, args.max_samples))
     feeds, notes = fit_feeds(feeds, static_input_shapes(args.candidate))
+    keep = spread_indices(len(feeds), sample_count(session, feeds, args))
+    feeds, labels = [feeds[i] for i in keep], None if labels is None else labels[keep]
     result["notes"] += notes
     result["samples"] = len(feeds)
     reference, _ = run_timed(make_session(args.fp32, 0), feeds)  # FP32 on ORT's CPU provider
     if task := tasks.score(args.model, reference, labels, reference=reference):
         result["task_metric"], result["fp32_task"] = task.metric, task.value
-    session = offload["session"]
     if session is None:
         return result
     try:
@@ -207,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="", help="zoo name (for its task metric)")
     parser.add_argument("--eval", type=Path, required=True)
     parser.add_argument("--batch-axes", default="{}")
-    parser.add_argument("--samples", type=int, default=16)
+    parser.add_argument("--samples", type=int, default=16, help="at least this many eval samples")
+    parser.add_argument("--max-samples", type=int, default=96, help="at most this many, when they fit in --seconds")
+    parser.add_argument("--seconds", type=float, default=60.0, help="simulator time allowed for the extra samples")
     parser.add_argument("--soc", default="43", help="QNN soc_model id (43: SM8550, HTP v73)")
     parser.add_argument("--result", type=Path, required=True)
     return write_result(evaluate, parser.parse_args(argv))

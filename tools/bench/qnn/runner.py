@@ -43,6 +43,8 @@ class QnnBenchOptions:
     zoo_dir: Path = CACHE / "zoo"
     calib_samples: int = 64
     eval_samples: int = 16
+    #: more eval samples where the simulator is fast (see tools.bench.qnn.evaluate.sample_count)
+    max_eval_samples: int = 96
     timeout_s: float = 900.0
     build_timeout_s: float = 900.0
     quick: bool = False
@@ -93,7 +95,8 @@ def evaluate(model: zoo.ZooModel, record: dict[str, Any], options: QnnBenchOptio
     result_path = folder / "simulator.json"
     command = [sys.executable, "-m", "tools.bench.qnn.evaluate", "--fp32", str(model.fp32), "--candidate",
                record["path"], "--model", model.name, "--eval", str(model.eval), "--batch-axes",
-               json.dumps(model.batch_axes), "--samples", str(options.eval_samples), "--soc", soc,
+               json.dumps(model.batch_axes), "--samples", str(options.eval_samples),
+               "--max-samples", str(max(options.eval_samples, options.max_eval_samples)), "--soc", soc,
                "--result", str(result_path)]
     result_path.unlink(missing_ok=True)
     measured = measure.run_measured(command, cwd=folder, env=runner.child_env(), log_path=folder / "simulator.log",
