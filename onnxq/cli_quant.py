@@ -38,6 +38,8 @@ def quantize(
     calibration_size: Annotated[Optional[int], typer.Option("--calibration-size", help="use at most N samples")] = None,
     holdout: Annotated[Optional[int], typer.Option("--holdout", help="held-back samples for verification")] = None,
     no_fallback: Annotated[bool, typer.Option("--no-fallback", help="report the error, do not fall back")] = False,
+    no_bias_correction: Annotated[bool, typer.Option(
+        "--no-bias-correction", help="keep Conv/Gemm biases as they are (no mean-shift correction)")] = False,
     report_path: Annotated[Optional[Path], typer.Option("--report", help="write the JSON report here")] = None,
     input_shape: Annotated[Optional[list[str]], typer.Option("--input-shape", help="NAME=1x3x224x224")] = None,
 ) -> None:
@@ -55,6 +57,7 @@ def quantize(
     recipe = recipe.with_options(
         precision=precision, method=method, percentile=percentile, max_error=max_error,
         calibration_size=calibration_size, holdout=holdout, fallback=False if no_fallback else None,
+        bias_correction=False if no_bias_correction else None,
     )
     loaded = model_io.load_model(model)
     fp32 = loaded.model

@@ -166,3 +166,22 @@ def test_quantize_picks_the_budget_from_the_graph(tail, expected):
     samples = [{"x": rng.normal(0, 1, (1, 16)).astype(np.float32)} for _ in range(12)]
     _, report = onnxq.quantize(ir.serde.deserialize_model(proto), samples)
     assert report.max_error == expected
+
+
+def test_cli_flag_turns_bias_correction_off_and_the_report_says_so(tmp_path, demo_path):
+    import json
+
+    from conftest import load_tool
+
+    from onnxq.cli import main
+
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, **load_tool("make_demo_model").calibration_data(samples=40, seed=1))
+    reports = {}
+    for flag in ([], ["--no-bias-correction"]):
+        out, report = tmp_path / f"q{len(flag)}.onnx", tmp_path / f"r{len(flag)}.json"
+        assert main(["-q", "quantize", str(demo_path), "-o", str(out), "--calib", str(calib), "--max-error", "1",
+                     "--report", str(report), *flag]) == 0
+        reports[bool(flag)] = (json.loads(report.read_text()), out.read_bytes())
+    assert reports[False][0]["bias_correction"] is True and reports[True][0]["bias_correction"] is False
+    assert reports[False][1] != reports[True][1]  # the demo's Convs have biases: the corrected ones differ

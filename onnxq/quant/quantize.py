@@ -56,6 +56,7 @@ class QuantReport:
     higher_precision: dict[str, str] = field(default_factory=dict)  # node -> precision it moved to
     rounds: list[fallback.Round] = field(default_factory=list)
     qdq_nodes: int = 0
+    bias_correction: bool = True  # Conv/Gemm biases corrected for their rounded weights' mean shift
     speedup: float | None = None
     #: accelerators: nodes the target runs, and those it refused with the runtime's reason
     placement: dict | None = None
@@ -248,7 +249,8 @@ def _quantize(model: ir.Model, calibration, *, target: str | Target, recipe: Rec
 
     holdout = data.holdout_samples
     budget = recipe.max_error if recipe.max_error is not None else default_budget(_float_outputs(model))
-    report = QuantReport(target.name, precision, recipe.method, data.num_samples or 0, len(holdout), budget)
+    report = QuantReport(target.name, precision, recipe.method, data.num_samples or 0, len(holdout), budget,
+                         bias_correction=recipe.bias_correction)
     backend = target.backend
     reference = _reference_outputs(model, backend, holdout, files) if holdout else []
     heap.release(collect=False)
