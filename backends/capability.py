@@ -71,6 +71,8 @@ class Precision:
     weight_block_size: int | None = None
     weight_min_block_size: int | None = None
     weight_block_scale_bits: int | None = None
+    #: the largest integer weight the runtime reads as written (``QuantSpec.max_level``); None: the dtype's top
+    weight_max_level: int | None = None
     #: cost order for fall-back: a layer moves from lower to higher ``level`` (float is above all)
     level: int = 0
     #: weights quantized offline, activations at run time (DynamicQuantizeLinear + MatMulInteger on ORT):
@@ -91,6 +93,8 @@ class Precision:
             lpbq = (f" (LPBQ: {self.weight_block_scale_bits}-bit integer block scales x float per channel)"
                     if self.weight_block_scale_bits else "")
             weights += f", per-block {blocks}{lpbq} where the op allows"
+        if self.weight_dtype is not None and self.weight_max_level is not None:
+            weights += f", at most {self.weight_max_level}"
         return f"{self.activation.dtype.label} activations, {weights}"
 
 

@@ -177,7 +177,7 @@ class QuantPlan:
         block_axis = row.block_axis(anchor, index) if row.block_axis is not None else None
         if (axis is None or block_axis is None or not precision.weight_block_size
                 or annotation.precision not in row.block_precisions):
-            return weight_spec(precision.weight_dtype, axis)
+            return weight_spec(precision.weight_dtype, axis, max_level=precision.weight_max_level)
         block_axis %= len(shape)
         block, bits = precision.weight_block_size, precision.weight_block_scale_bits
         smallest = precision.weight_min_block_size or block
@@ -185,9 +185,10 @@ class QuantPlan:
             if shape[block_axis] % block == 0 and shape[block_axis] >= 2 * block:
                 return weight_spec(precision.weight_dtype, block_axis, block_size=block, channel_axis=axis,
                                    block_scale_bits=bits,
-                                   int_block_scales=row.int_block_scales and bool(bits))
+                                   int_block_scales=row.int_block_scales and bool(bits),
+                                   max_level=precision.weight_max_level)
             block //= 2
-        return weight_spec(precision.weight_dtype, axis)
+        return weight_spec(precision.weight_dtype, axis, max_level=precision.weight_max_level)
 
     @staticmethod
     def _has_bias(annotation: Annotation) -> bool:

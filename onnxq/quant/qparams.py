@@ -2,6 +2,7 @@
 
 Affine:     s = (r_max − r_min) / (q_max − q_min),   z = round(q_min − r_min / s)
 Symmetric:  s = max(|r_min|, |r_max|) / ((q_max − q_min) / 2),   z = 0 (signed) or (q_max + 1) / 2 (unsigned)
+            (s = max(|r_min|, |r_max|) / max_level where the spec narrows its top, ``QuantSpec.max_level``)
 Quantize:   q = clip(round(x / s) + z, q_min, q_max);   dequantize: x̂ = (q − z) · s
 
 The range is first widened to include 0 so that zero (padding, ReLU output) is exact. A degenerate range
@@ -52,10 +53,11 @@ def qparams_from_range(
     rmax = np.maximum(np.asarray(rmax, dtype=np.float64), 0.0)
     if not (np.all(np.isfinite(rmin)) and np.all(np.isfinite(rmax))):
         raise ValueError(f"tensor '{name}': calibration range is not finite ({rmin}, {rmax})")
-    qmin, qmax = spec.dtype.qmin, spec.dtype.qmax
+    qmin, qmax = spec.qmin, spec.qmax
     if spec.symmetric:
         amax = np.maximum(-rmin, rmax)
-        scale = amax / ((qmax - qmin) / 2.0)
+        half = (qmax - qmin) / 2.0 if spec.max_level is None else float(spec.max_level)
+        scale = amax / half
         zero = np.zeros_like(scale) if spec.dtype.signed else np.full_like(scale, (qmax + 1) // 2)
     else:
         scale = (rmax - rmin) / float(qmax - qmin)
@@ -76,7 +78,7 @@ def qparams_from_range(
 def range_of(scale: np.ndarray, zero: np.ndarray, spec: QuantSpec) -> tuple[float, float]:
     """The real range a per-tensor (scale, zero point) represents: [(q_min − z)·s, (q_max − z)·s]."""
     s, z = float(np.asarray(scale).reshape(())), float(np.asarray(zero).reshape(()))
-    return (spec.dtype.qmin - z) * s, (spec.dtype.qmax - z) * s
+    return (spec.qmin - z) * s, (spec.qmax - z) * s
 
 
 def quantize(x: np.ndarray, scale: np.ndarray, zero: np.ndarray, spec: QuantSpec, axis: int | None = None):
@@ -86,7 +88,7 @@ def quantize(x: np.ndarray, scale: np.ndarray, zero: np.ndarray, spec: QuantSpec
         shape[axis] = -1
         scale, zero = scale.reshape(shape), zero.reshape(shape)
     q = np.round(x.astype(np.float64) / scale.astype(np.float64)) + zero.astype(np.float64)
-    return np.clip(q, spec.dtype.qmin, spec.dtype.qmax).astype(spec.dtype.numpy)
+    return np.clip(q, spec.qmin, spec.qmax).astype(spec.dtype.numpy)
 
 
 def dequantize(q: np.ndarray, scale: np.ndarray, zero: np.ndarray, axis: int | None = None) -> np.ndarray:
@@ -181,7 +183,7 @@ def quantize_weight_lpbq(
     levels = 1 << spec.block_scale_bits
     moved = np.moveaxis(w, (channel_axis, block_axis), (0, -1))  # [C, ..., K]
     blocks = moved.reshape(moved.shape[0], -1, moved.shape[-1] // block, block)  # [C, R, nb, block]
-    s = np.abs(blocks).max(axis=-1) / float(spec.dtype.qmax)  # [C, R, nb]
+    s = np.abs(blocks).max(axis=-1) / float(spec.qmax)  # [C, R, nb]
     flat = s.reshape(s.shape[0], -1)
     top = flat.argmax(axis=1)
     s_max = flat.max(axis=1)
@@ -200,7 +202,7 @@ def quantize_weight_lpbq(
                 c if best[2] is None else np.where(better, c, best[2]))
     _, k, c = best
     scale = (k.astype(np.float32) * c[:, None, None])[..., None]
-    q = np.clip(np.round(blocks / scale), spec.dtype.qmin, spec.dtype.qmax)
+    q = np.clip(np.round(blocks / scale), spec.qmin, spec.qmax)
     q = np.moveaxis(q.reshape(moved.shape), (0, -1), (channel_axis, block_axis)).astype(spec.dtype.numpy)
     block_shape = (*moved.shape[:-1], moved.shape[-1] // block)
     ints = np.moveaxis(k.reshape(block_shape), (0, -1), (channel_axis, block_axis)).astype(np.uint8)
@@ -215,7 +217,7 @@ def _lpbq_block_ints(blocks, s, c, top, levels, spec) -> tuple[np.ndarray, np.nd
     for offset in LPBQ_K_OFFSETS:
         k = np.clip(base + offset, 1, levels)
         scale = (k * c[:, None, None])[..., None]
-        q = np.clip(np.round(blocks / scale), spec.dtype.qmin, spec.dtype.qmax)
+        q = np.clip(np.round(blocks / scale), spec.qmin, spec.qmax)
         err = np.square(q * scale - blocks).sum(axis=-1)
         if best_k is None:
             best_k, best_err = k, err
@@ -228,6 +230,6 @@ def _lpbq_block_ints(blocks, s, c, top, levels, spec) -> tuple[np.ndarray, np.nd
     flat_k[rows, top] = levels
     top_blocks = blocks.reshape(blocks.shape[0], -1, blocks.shape[-1])[rows, top]
     top_scale = (levels * c)[:, None]
-    top_q = np.clip(np.round(top_blocks / top_scale), spec.dtype.qmin, spec.dtype.qmax)
+    top_q = np.clip(np.round(top_blocks / top_scale), spec.qmin, spec.qmax)
     flat_err[rows, top] = np.square(top_q * top_scale - top_blocks).sum(axis=-1)
     return flat_k.reshape(best_k.shape), flat_err.sum(axis=1)

@@ -85,6 +85,10 @@ class QuantSpec:
     #: LPBQ only: write the integer block scales as uint8 read through a DequantizeLinear by the per-channel
     #: scale (the explicit LPBQ chain) rather than as float32 block scales of the same values
     int_block_scales: bool = False
+    #: symmetric signed only: the largest integer written, below the dtype's own top, for a runtime that
+    #: saturates stored values above it (the QNN HTP reads int16 weights above 32639 as 32639); the scale
+    #: then maps the largest magnitude to this level
+    max_level: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.dtype, QDType):
@@ -119,6 +123,21 @@ class QuantSpec:
                                  f"{self.block_scale_bits}")
         elif self.int_block_scales:
             raise ValueError("int_block_scales needs block_scale_bits (integer block scales are LPBQ's)")
+        if self.max_level is not None:
+            if not (self.symmetric and self.dtype.signed):
+                raise ValueError("max_level narrows a symmetric signed spec")
+            if not 0 < self.max_level <= self.dtype.qmax:
+                raise ValueError(f"max_level must be in 1..{self.dtype.qmax} for {self.dtype.label}, got "
+                                 f"{self.max_level}")
+
+    @property
+    def qmin(self) -> int:
+        return self.dtype.qmin
+
+    @property
+    def qmax(self) -> int:
+        """The largest integer this spec writes: the dtype's top, or ``max_level``."""
+        return self.dtype.qmax if self.max_level is None else self.max_level
 
     @property
     def min_opset(self) -> int:
@@ -139,6 +158,8 @@ class QuantSpec:
         if self.block_scale_bits is not None:
             parts.append(f"lpbq(channel_axis={self.channel_axis}, {self.block_scale_bits}-bit block scales"
                          + (", uint8+DQ" if self.int_block_scales else "") + ")")
+        if self.max_level is not None:
+            parts.append(f"max={self.max_level}")
         parts.append("sym" if self.symmetric else "asym")
         return " ".join(parts)
 
@@ -179,14 +200,15 @@ def activation_spec(dtype: str, *, symmetric: bool = False) -> QuantSpec:
 
 def weight_spec(dtype: str, axis: int | None, *, block_size: int | None = None,
                 channel_axis: int | None = None, block_scale_bits: int | None = None,
-                int_block_scales: bool = False) -> QuantSpec:
+                int_block_scales: bool = False, max_level: int | None = None) -> QuantSpec:
     """Symmetric weights: per-channel on ``axis``, per-block along ``axis`` if ``block_size`` (LPBQ with
-    ``block_scale_bits`` and the output channels on ``channel_axis``), else per-tensor."""
+    ``block_scale_bits`` and the output channels on ``channel_axis``), else per-tensor; ``max_level``: see
+    ``QuantSpec``."""
     qdtype = QDType.parse(dtype)
     if block_size is not None:
         return QuantSpec(qdtype, Granularity.PER_BLOCK, axis=axis, block_size=block_size, symmetric=True,
                          channel_axis=channel_axis, block_scale_bits=block_scale_bits,
-                         int_block_scales=int_block_scales)
+                         int_block_scales=int_block_scales, max_level=max_level)
     if axis is None:
-        return QuantSpec(qdtype, Granularity.PER_TENSOR, symmetric=True)
-    return QuantSpec(qdtype, Granularity.PER_CHANNEL, axis=axis, symmetric=True)
+        return QuantSpec(qdtype, Granularity.PER_TENSOR, symmetric=True, max_level=max_level)
+    return QuantSpec(qdtype, Granularity.PER_CHANNEL, axis=axis, symmetric=True, max_level=max_level)
