@@ -150,8 +150,8 @@ def _threads() -> int:
 
 def _observe_outputs(outputs: list[np.ndarray], names: Sequence[str], observers: Mapping) -> None:
     """Fold one run's outputs into their observers, smallest first, each dropped once folded: the large
-    tensors' temporaries (a float64 copy for channel means) then stack on few other outputs, not on all of
-    them (efficientnet_lite0: 35 MiB of outputs per sample). Observers are independent: order is free."""
+    tensors' observer temporaries then stack on few other outputs, not on all of them (efficientnet_lite0:
+    35 MiB of outputs per sample). Observers are independent: order is free."""
     for index in sorted(range(len(outputs)), key=lambda i: getattr(outputs[i], "nbytes", 0)):
         observers[names[index]].update(outputs[index])
         outputs[index] = None

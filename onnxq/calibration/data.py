@@ -313,10 +313,9 @@ class CalibrationData:
                 )
             self._held = frozenset(spread_indices(used, holdout))
             self._used = used
-            # one at a time: a sample of a compressed .npz is a view of the whole decompressed array, so it is
-            # copied (``_owned``) before the next one is read (all 8 of PP-OCR det's at once: 1.7 GiB)
-            # one pass (a compressed .npz decompresses an array once per read), each kept sample copied before
-            # the next is read: it is a view of the whole decompressed array
+            # one pass (a compressed .npz decompresses an array once per read), each kept sample copied
+            # (``_owned``) before the next is read: it is a view of the whole decompressed array (all 8 of
+            # PP-OCR det's held at once: 1.7 GiB)
             held = (pair for index, pair in enumerate(source.read(0, used)) if index in self._held)
             self._holdout = [_owned(self._validate(raw, where)) for raw, where in held]
         elif holdout == 0:

@@ -252,7 +252,7 @@ def build_qdq_model(model: ir.Model, plan: QuantPlan, stats: Mapping, *, method:
     conversions = width_conversions(plan, params) + shared_input_conversions(plan, params)
     conversions += barrier_conversions(plan, params, conversions)
     means = {name: s.channel_mean for name, s in stats.items()
-             if getattr(s, "channel_mean", None) is not None} if bias_correction else {}
+             if s.channel_mean is not None} if bias_correction else {}
     added = insert_qdq(model, plan, params, conversions, float_readers(model, plan, params), means)
     if plan.dynamic_annotations():
         from onnxq.quant.dynamic import rewrite_dynamic

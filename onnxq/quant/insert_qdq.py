@@ -218,6 +218,9 @@ def insert_qdq(model: ir.Model, plan: QuantPlan, activations: dict[str, TensorQP
         w_scale = weight_scales.get((id(use.node), use.weight_index))
         bias = use.node.inputs[use.input_index]
         shift = bias_shifts.get((id(use.node), use.weight_index))
+        if shift is not None and (bias is None or bias.const_value is None or bias.const_value.shape != shift.shape):
+            logger.debug("'%s': no bias correction (shapes do not line up)", use.node.name)
+            shift = None
         if bias is not None and shift is not None and (act is None or w_scale is None):
             # the bias stays float (per-block weights): it is corrected all the same
             corrected = (bias.const_value.numpy().astype(np.float64) - shift).astype(np.float32)
@@ -347,11 +350,8 @@ def _layer_means(bias_uses, channel_means: Mapping[str, np.ndarray]) -> dict[tup
 
 def _record_shift(shifts: dict, use, weight: np.ndarray, rounded: np.ndarray, mean: np.ndarray) -> None:
     shift = bias_correction.output_shift(use.node, weight, rounded, mean)
-    bias = use.node.inputs[2] if len(use.node.inputs) > 2 else None
-    if shift is None or bias is None or bias.const_value is None or bias.const_value.shape != (shift.size,):
-        logger.debug("'%s': no bias correction (shapes do not line up)", use.node.name)
-        return
-    shifts[(id(use.node), use.input_index)] = shift
+    if shift is not None:
+        shifts[(id(use.node), use.input_index)] = shift
 
 
 def _bias_safe_weight_scales(bias_uses, activations) -> dict[tuple[int, int], np.ndarray]:

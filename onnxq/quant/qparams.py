@@ -101,11 +101,9 @@ def dequantize(q: np.ndarray, scale: np.ndarray, zero: np.ndarray, axis: int | N
 
 def dequantize_weight(q: np.ndarray, scale: np.ndarray, zero: np.ndarray, spec: QuantSpec) -> np.ndarray:
     """What DequantizeLinear makes of ``quantize_weight``'s result (per tensor, channel or block)."""
-    if spec.block_size is not None:
+    if spec.block_size is not None:  # scales repeated over their blocks: elementwise from there
         axis = spec.axis % q.ndim
-        scale = np.repeat(scale, spec.block_size, axis=axis)
-        zero = np.repeat(zero, spec.block_size, axis=axis)
-        return ((q.astype(np.float64) - zero.astype(np.float64)) * scale).astype(np.float32)
+        return dequantize(q, np.repeat(scale, spec.block_size, axis=axis), np.repeat(zero, spec.block_size, axis=axis))
     axis = None if spec.granularity is Granularity.PER_TENSOR else spec.axis % q.ndim
     return dequantize(q, np.asarray(scale), np.asarray(zero), axis)
 

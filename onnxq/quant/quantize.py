@@ -301,7 +301,6 @@ def _quantize(model: ir.Model, calibration, *, target: str | Target, recipe: Rec
     if holdout and backend.simulated:
         # The search ran on the CPU stand-in; the simulator has the last word. Where it measures more error
         # than the stand-in did, search again against a budget tightened by that ratio (twice at most).
-        budget = report.max_error
         for attempt in range(3):
             say(f"verifying on {target.name} ({len(holdout)} samples)")
             try:
