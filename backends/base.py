@@ -18,6 +18,12 @@ from onnxq.errors import UnknownNameError
 #: Timing: a sub-millisecond model runs in blocks of about this many seconds per sample, at most MAX_BLOCK runs.
 BLOCK_S = 0.005
 MAX_BLOCK = 200
+#: Intra-op threads of the sessions a speed comparison times. Two sessions timed interleaved in one process
+#: must not own thread pools: an idle pool's threads spin for their next job and take the cores the other
+#: session is running on. On the 2-core development machine that put one FP32 YOLOv8n at 14 to 42 ms per
+#: run depending on its neighbours, and inverted speed-ups; single-threaded sessions (no pool) agreed with
+#: each model timed alone in its own process within 5%. The figure is a per-core speed-up, and says so.
+TIMING_THREADS = 1
 
 
 class Backend:
@@ -50,6 +56,10 @@ class Backend:
         dozens): no graph optimizations on ORT; the CPU EP as a stand-in for a simulated accelerator.
         """
         return self._session_impl(model, self.check_variant(variant), quick=quick)
+
+    def timing_session(self, model: bytes | str, *, variant: str = ""):
+        """A session to time against another one in this process (``TIMING_THREADS`` intra-op threads)."""
+        return self._timing_session_impl(model, self.check_variant(variant))
 
     def reference_session(self, model: bytes | str):
         """A session for the FP32 reference outputs (ORT CPU, full optimizations, whatever the target)."""
@@ -106,3 +116,6 @@ class Backend:
 
     def _session_impl(self, model: bytes | str, variant: str, *, quick: bool):
         raise NotImplementedError
+
+    def _timing_session_impl(self, model: bytes | str, variant: str):
+        return self._session_impl(model, variant, quick=False)

@@ -34,6 +34,9 @@ class Target:
     def session(self, model: bytes | str, *, quick: bool = False):
         return self.backend.session(model, variant=self.variant, quick=quick)
 
+    def timing_session(self, model: bytes | str):
+        return self.backend.timing_session(model, variant=self.variant)
+
 
 def get_backend(name: str) -> Backend:
     if name not in BACKENDS:

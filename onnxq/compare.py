@@ -2,8 +2,8 @@
 
 Per float output: relative L2 error and SQNR; for classifier-like outputs (last axis > 1, e.g. [N, C]
 logits) also top-1 agreement. A runs on ONNX Runtime CPU (the reference), B on the target. Latency of both,
-measured interleaved in one process where the target runs on this machine for real (not on a simulator);
-the ratio is A's latency over B's (> 1: B is faster).
+measured interleaved in one process, one thread each, where the target runs on this machine for real (not
+on a simulator); the ratio is A's latency over B's (> 1: B is faster).
 """
 
 from __future__ import annotations
@@ -58,6 +58,8 @@ def compare_models(
             top1 = metrics.top1_agreement([o[name] for o in out_a], [o[name] for o in out_b])
         result.outputs.append(OutputComparison(name, metrics.relative_l2(ref, got), metrics.sqnr_db(ref, got), top1))
     if rounds and samples and not backend.simulated:
-        la, lb = backend.time_sessions([session_a, session_b], samples[0], rounds=rounds)
+        del session_a, session_b  # timed on sessions of their own: one thread each (``backends.base.TIMING_THREADS``)
+        timed = [target.timing_session(a), target.timing_session(b)]
+        la, lb = backend.time_sessions(timed, samples[0], rounds=rounds)
         result.latency_a_ms, result.latency_b_ms = la * 1e3, lb * 1e3
     return result

@@ -100,6 +100,22 @@ def test_bad_recipes_are_clear(tmp_path: Path, text, message):
         Recipe.from_toml(path)
 
 
+def test_speed_is_timed_on_single_threaded_sessions():
+    """Interleaved timing is only fair without thread pools (their idle threads spin on the other session's
+    cores); the ORT timing session has one intra-op thread and the deployed session's full optimizations."""
+    import onnxruntime as ort
+
+    from onnxq.backends.base import TIMING_THREADS
+    from onnxq.backends.registry import resolve_target
+
+    target = resolve_target("ort")
+    timed = target.timing_session(DEMO.build().SerializeToString())
+    options = timed.get_session_options()
+    assert TIMING_THREADS == 1 and options.intra_op_num_threads == 1
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert target.session(DEMO.build().SerializeToString()).get_session_options().intra_op_num_threads == 0
+
+
 def test_unknown_precision_lists_choices(calib):
     with pytest.raises(UnknownNameError, match="known: a16w8, a8w8"):
         onnxq.quantize(_model(), calib, precision="a4w4")
@@ -115,7 +131,7 @@ def test_cli_quantize_report_inspect_compare(tmp_path: Path, capsys, calib):
     report = json.loads(report_path.read_text())
     assert report["budget_met"] and report["speedup"] > 0 and report["target"] == "ort:x86"
     err = capsys.readouterr().err
-    assert "within budget" in err and "speed-up over FP32" in err
+    assert "within budget" in err and "speed-up over FP32 on this machine, one thread" in err
     assert main(["inspect", str(out), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["quantization_record"]["budget_met"] is True

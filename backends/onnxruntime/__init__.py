@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from onnxq.backends.base import Backend
+from onnxq.backends.base import TIMING_THREADS, Backend
 from onnxq.backends.capability import CapabilityTable
 from onnxq.backends.onnxruntime.table import build_table
 
@@ -17,7 +17,7 @@ class OnnxRuntimeBackend(Backend):
     def _table_impl(self, variant: str) -> CapabilityTable:
         return build_table(variant)
 
-    def _session_impl(self, model: bytes | str, variant: str, *, quick: bool):
+    def _session_impl(self, model: bytes | str, variant: str, *, quick: bool, threads: int = 0):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -25,4 +25,8 @@ class OnnxRuntimeBackend(Backend):
         options.graph_optimization_level = (
             ort.GraphOptimizationLevel.ORT_DISABLE_ALL if quick else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         )
+        options.intra_op_num_threads = threads  # 0: ORT's default, one per core
         return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+    def _timing_session_impl(self, model: bytes | str, variant: str):
+        return self._session_impl(model, variant, quick=False, threads=TIMING_THREADS)

@@ -2,6 +2,7 @@
 
     python -m tools.bench --quick                      # CI: digits_cnn, onnxq + ORT, checks that all runs
     python -m tools.bench --json .cache/bench/full.json --update-md
+    python -m tools.bench --from-json .cache/bench/full.json --update-md   # re-render a stored run
     python -m tools.bench --models digits_cnn,minilm --precisions a8w8 --tools onnxq,ort
 
 Exit status: 0 when the run completed (failures of a tool are results, shown in the tables); in
@@ -32,13 +33,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tools", help="comma-separated subset of onnxq,ort,modelopt")
     parser.add_argument("--json", type=Path, help="write the full result here")
     parser.add_argument("--update-md", action="store_true", help="rewrite the quantizer section of BENCHMARKS.md")
+    parser.add_argument("--from-json", type=Path, help="render a result written earlier by --json (runs nothing)")
     parser.add_argument("--md-path", type=Path, default=ROOT / "BENCHMARKS.md", help=argparse.SUPPRESS)
     parser.add_argument("--work-dir", type=Path, default=CACHE / "runs")
     parser.add_argument("--zoo-dir", type=Path, default=CACHE / "zoo", help="built zoo models (built if missing)")
     parser.add_argument("--calib-samples", type=int, default=64)
     parser.add_argument("--eval-samples", type=int, default=200)
     parser.add_argument("--latency-rounds", type=int, default=20, help="at least this many interleaved rounds")
-    parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads for latency (0: all cores)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="ORT intra-op threads for latency (0: all cores; > 1 switches spinning off)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per child process")
     parser.add_argument("--setup-modelopt", action="store_true",
                         help=f"create {modelopt_env.VENV.relative_to(ROOT)} if pip can do so without CUDA torch")
@@ -68,6 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.setup_modelopt:
         reason = modelopt_env.setup()
         logging.getLogger("tools.bench").warning("ModelOpt venv: %s", reason or "ready")
+    if args.from_json:
+        result = json.loads(args.from_json.read_text())
+        result["command"] += f"   # then: python -m tools.bench --from-json {args.from_json} --update-md"
+        if args.update_md:
+            render.update_benchmarks_md(args.md_path, result)
+        print(render.render_text(result))
+        return 0
     options = options_from(args)
     command = shlex.join(["python", "-m", "tools.bench", *(sys.argv[1:] if argv is None else argv)])
     result = runner.run_benchmark(options, command=command)

@@ -191,6 +191,7 @@ def tables(result: dict[str, Any]) -> list[str]:
     lines += _table(result, "Latency ratio FP32 / quantized (> 1: faster; FP32 column: median ms)",
                     lambda r: _number(r.get("latency_ratio"), "{:.2f}×"),
                     fp32=lambda m: _number(m.get("fp32", {}).get("latency_ms"), "{:.3g} ms"))
+    lines += latency_geomeans(result)
     lines += _table(result, "Compression (FP32 bytes / quantized bytes, external data included)",
                     lambda r: _number(r.get("compression"), "{:.2f}×"),
                     fp32=lambda m: _number(m.get("fp32", {}).get("bytes", 0) / 1e6, "{:.2f} MB"))
@@ -201,6 +202,34 @@ def tables(result: dict[str, Any]) -> list[str]:
     lines += _table(result, "Peak RSS of the quantizing process, MiB",
                     lambda r: _number(r.get("peak_rss_mib"), "{:.0f}"))
     return lines + onnxq_table(result)
+
+
+def latency_geomeans(result: dict[str, Any]) -> list[str]:
+    """Per precision and tool: the geometric mean of the latency ratio over the models it quantized, the
+    slowest model, and how many ran slower than FP32 (the issue's speed target is stated as a geomean)."""
+    lines = []
+    for precision in result["options"]["precisions"]:
+        for tool in result["options"]["tools"]:
+            ratios = {name: r["latency_ratio"] for name, model in result["models"].items()
+                      if (r := model.get("results", {}).get(precision, {}).get(tool, {})).get("status") == "ok"
+                      and r.get("latency_ratio")}
+            if not ratios:
+                continue
+            geomean = math.exp(sum(math.log(v) for v in ratios.values()) / len(ratios))
+            slowest = min(ratios, key=ratios.get)
+            slower = sum(v < 1.0 for v in ratios.values())
+            lines.append(f"- {precision}, {LABELS.get(tool, tool)}: geomean {geomean:.2f}× over {len(ratios)} models; "
+                         f"slowest {slowest} {ratios[slowest]:.2f}×; {slower} below 1.00×")
+    return (["Latency ratio, geometric mean over the models each tool quantized:", "", *lines, ""]
+            if lines else [])
+
+
+def _threads(options: dict[str, Any]) -> str:
+    """The intra-op threads the latency figures ran on (see ``tools.bench.evaluate`` for why one is the default)."""
+    threads = options.get("threads", 0)
+    if threads == 1:
+        return "one intra-op thread (sessions with thread pools disturb each other when timed side by side)"
+    return f"{threads or 'all core'} intra-op threads, spinning off"
 
 
 def _preamble(result: dict[str, Any]) -> list[str]:
@@ -223,7 +252,7 @@ def _preamble(result: dict[str, Any]) -> list[str]:
         "calibration, `high_precision_dtype=fp32` (its fp16 default targets TensorRT); it keeps FP32 weights "
         "behind Q→DQ for TensorRT to fold, hence compression ≈ 1. Fidelity: on the model's eval set (at most "
         f"{o['eval_samples']} samples, never calibration data), against the FP32 file, on ORT CPU. Latency: "
-        "ORT CPU, all graph optimizations, same thread count, one sample, FP32 and every quantized model "
+        f"ORT CPU, all graph optimizations, {_threads(o)}, one sample, FP32 and every quantized model "
         f"timed interleaved in one process, median of ≥ {o['latency_rounds']} rounds after warm-up."
     )
     return [written, "", f"    {result['command']}", "", machine, "", load_line, "", method, ""]

@@ -45,7 +45,7 @@ class BenchOptions:
     eval_samples: int = 200
     latency_rounds: int = 20
     latency_budget_s: float = 3.0
-    threads: int = 0
+    threads: int = 1  # see tools.bench.evaluate: timing side by side needs sessions without thread pools
     timeout_s: float = 900.0
     build_timeout_s: float = 900.0
     quick: bool = False
