@@ -2,10 +2,11 @@
 
 from onnxq.deferred_imports import defer_symbolic_shapes
 
-defer_symbolic_shapes()  # before anything imports onnx_ir: sympy's 33 MiB only when a dim expression is evaluated
+# Before anything imports onnx_ir: sympy (33 MiB) loads only when a dimension expression is evaluated.
+defer_symbolic_shapes()
 
-from onnxq.api import inspect_model, load, optimize, quantize, save
-from onnxq.errors import OnnxqError
+from onnxq.api import inspect_model, load, optimize, quantize, save  # noqa: E402
+from onnxq.errors import OnnxqError  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["OnnxqError", "__version__", "inspect_model", "load", "optimize", "quantize", "save"]

@@ -124,7 +124,8 @@ def _print_report(report) -> None:
         if report.speedup < SLOWER_THAN_FP32:
             note = (" — slower than FP32: its int8 kernels do not repay the Quantize/DequantizeLinear around them "
                     "(a model this small, or too few layers quantized); FP32 may be the better choice here")
-        stderr.print(f"measured speed-up over FP32 on this machine, one thread: {report.speedup:.2f}x{note}", soft_wrap=True)
+        stderr.print(f"measured speed-up over FP32 on this machine, one thread: {report.speedup:.2f}x{note}",
+                     soft_wrap=True)
     if report.kept_float and FLAGS.verbose:
         table = Table("node", "kept float because")
         for node, reason in sorted(report.kept_float.items()):
@@ -159,8 +160,8 @@ def compare(
         table.add_row(out.name, f"{out.relative_l2:.4g}", f"{out.sqnr_db:.1f}", top1)
     stdout.print(table)
     if result.speedup:
-        stdout.print(f"latency, one thread: A {result.latency_a_ms:.2f} ms, B {result.latency_b_ms:.2f} ms: B is "
-                     f"{result.speedup:.2f}x as fast ({result.samples} samples)")
+        stdout.print(f"latency, one thread: A {result.latency_a_ms:.2f} ms, B {result.latency_b_ms:.2f} ms: "
+                     f"B is {result.speedup:.2f}x as fast ({result.samples} samples)")
 
 
 def targets(

@@ -19,9 +19,15 @@ print("sympy", sympy.Max(2, 3), isinstance(expression._expr, sympy.Expr))
 """
 
 
+def _run(code: str) -> str:
+    """``code``'s stdout in a fresh interpreter (what is imported is the point)."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          timeout=120)
+    return done.stdout
+
+
 def _lines() -> list[str]:
-    done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True, timeout=120)
-    return done.stdout.splitlines()
+    return _run(PROBE).splitlines()
 
 
 def test_sympy_loads_only_when_an_expression_is_evaluated():
@@ -36,5 +42,4 @@ def test_sympy_loads_only_when_an_expression_is_evaluated():
 def test_nothing_is_deferred_once_onnx_ir_is_imported():
     code = ("import sys, onnx_ir; from onnxq.deferred_imports import defer_symbolic_shapes; "
             "print(defer_symbolic_shapes(), type(sys.modules['sympy']).__name__)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
-    assert done.stdout.split() == ["False", "module"]
+    assert _run(code).split() == ["False", "module"]

@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tools", help="comma-separated subset of onnxq,ort,modelopt")
     parser.add_argument("--json", type=Path, help="write the full result here")
     parser.add_argument("--update-md", action="store_true", help="rewrite the quantizer section of BENCHMARKS.md")
-    parser.add_argument("--from-json", type=Path, help="render a result written earlier by --json (runs nothing)")
+    parser.add_argument("--from-json", type=Path, help="render a result stored by --json (runs nothing)")
     parser.add_argument("--md-path", type=Path, default=ROOT / "BENCHMARKS.md", help=argparse.SUPPRESS)
     parser.add_argument("--work-dir", type=Path, default=CACHE / "runs")
     parser.add_argument("--zoo-dir", type=Path, default=CACHE / "zoo", help="built zoo models (built if missing)")

@@ -18,9 +18,10 @@ for fast models until ``--latency-budget`` seconds have passed. Ratio = FP32 med
 
 One intra-op thread by default (``--threads``): sessions that own thread pools cannot be timed side by
 side in one process, because an idle pool's threads spin waiting for work on the cores the next session
-runs on. On this 2-core machine that put the FP32 YOLOv8n at 23 to 42 ms (14 ms alone) and measured an
-unchanged copy of a model at 0.56x of itself. With ``--threads`` > 1 spinning is switched off instead,
-which costs models of many small ops a wake-up per op, so those figures favour FP32's shorter graphs.
+runs on. On this 2-core machine that put the FP32 YOLOv8n at 23 to 42 ms (14 ms with spinning off),
+measured an unchanged copy of it at 0.79-0.87x of itself, and an output with nothing quantized at 0.56x.
+With ``--threads`` > 1 spinning is switched off instead, which costs models of many small ops a wake-up
+per op, so those figures favour FP32's shorter graphs.
 
 All sessions live in this process at once, which is why it is a child: a model that crashes ORT ends
 this process, not the benchmark.

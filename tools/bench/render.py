@@ -210,26 +210,28 @@ def latency_geomeans(result: dict[str, Any]) -> list[str]:
     lines = []
     for precision in result["options"]["precisions"]:
         for tool in result["options"]["tools"]:
-            ratios = {name: r["latency_ratio"] for name, model in result["models"].items()
-                      if (r := model.get("results", {}).get(precision, {}).get(tool, {})).get("status") == "ok"
-                      and r.get("latency_ratio")}
+            records = {name: model.get("results", {}).get(precision, {}).get(tool, {})
+                       for name, model in result["models"].items()}
+            ratios = {name: r["latency_ratio"] for name, r in records.items()
+                      if r.get("status") == "ok" and r.get("latency_ratio")}
             if not ratios:
                 continue
             geomean = math.exp(sum(math.log(v) for v in ratios.values()) / len(ratios))
             slowest = min(ratios, key=ratios.get)
             slower = sum(v < 1.0 for v in ratios.values())
-            lines.append(f"- {precision}, {LABELS.get(tool, tool)}: geomean {geomean:.2f}× over {len(ratios)} models; "
+            label = LABELS.get(tool, tool)
+            lines.append(f"- {precision}, {label}: geomean {geomean:.2f}× over {len(ratios)} models; "
                          f"slowest {slowest} {ratios[slowest]:.2f}×; {slower} below 1.00×")
     return (["Latency ratio, geometric mean over the models each tool quantized:", "", *lines, ""]
             if lines else [])
 
 
 def _threads(options: dict[str, Any]) -> str:
-    """The intra-op threads the latency figures ran on (see ``tools.bench.evaluate`` for why one is the default)."""
+    """The intra-op threads behind the latency figures (``tools.bench.evaluate`` says why one by default)."""
     threads = options.get("threads", 0)
     if threads == 1:
         return "one intra-op thread (sessions with thread pools disturb each other when timed side by side)"
-    return f"{threads or 'all core'} intra-op threads, spinning off"
+    return f"{threads or 'all-core'} intra-op threads, spinning off"
 
 
 def _preamble(result: dict[str, Any]) -> list[str]:
