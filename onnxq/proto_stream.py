@@ -97,18 +97,18 @@ class _Encoded:
             size = tensor.nbytes
             self.length = len(self._head) + len(_field_header(_RAW_DATA_FIELD, size)) + size + len(self._tail)
         else:
-            self.length = len(self._serialize())
+            self.length = self._proto().ByteSize()  # no bytes made: a loaded tensor's proto is only measured
 
-    def _serialize(self) -> bytes:
+    def _proto(self) -> onnx.TensorProto:
         tensor = self.tensor
         if isinstance(tensor, ir.serde.TensorProtoTensor) and not tensor.metadata_props \
                 and tensor.dtype not in _FLOAT6:
-            return tensor.raw.SerializeToString()  # serialize_tensor copies the proto verbatim
-        return ir.serde.serialize_tensor(tensor).SerializeToString()
+            return tensor.raw  # serialize_tensor copies the proto verbatim
+        return ir.serde.serialize_tensor(tensor)
 
     def pieces(self) -> Iterator[bytes]:
         if not self._spliced:
-            yield self._serialize()
+            yield self._proto().SerializeToString()
             return
         raw = self.tensor.tobytes()
         if len(raw) != self.tensor.nbytes:

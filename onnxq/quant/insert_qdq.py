@@ -180,20 +180,22 @@ def insert_qdq(model: ir.Model, plan: QuantPlan, activations: dict[str, TensorQP
                 np.abs(array) >= qparams.SENTINEL) else array
         mean = layer_means.get((id(use.node), use.input_index))
         if use.spec.block_scale_bits is not None:
-            nodes, channel_scale, rounded = _lpbq_weight(model, names, weight, array, use.spec,
-                                                         min_scales.get((id(use.node), use.input_index)))
+            nodes, lpbq = _lpbq_weight(model, names, weight, array, use.spec,
+                                       min_scales.get((id(use.node), use.input_index)))
             if mean is not None:
+                rounded = qparams.dequantize_weight(lpbq.q, lpbq.block_scales, lpbq.zero, use.spec)
                 _record_shift(bias_shifts, use, array, rounded, mean)
             model.graph.insert_before(use.node, nodes)
             use.node.replace_input_with(use.input_index, nodes[-1].outputs[0])
-            weight_scales[(id(use.node), use.input_index)] = channel_scale  # bias scale: s_act · c
+            weight_scales[(id(use.node), use.input_index)] = lpbq.channel_scale  # bias scale: s_act · c
             added += len(nodes)
             continue
         q_array, scale, zero = qparams.quantize_weight(
             array, use.spec, name=weight.name, min_scale=min_scales.get((id(use.node), use.input_index))
         )
         if mean is not None:
-            _record_shift(bias_shifts, use, array, qparams.dequantize_weight(q_array, scale, zero, use.spec), mean)
+            rounded = qparams.dequantize_weight(q_array, scale, zero, use.spec)
+            _record_shift(bias_shifts, use, array, rounded, mean)
         base = weight.name
         attributes = {}
         if use.spec.axis is not None:
@@ -303,8 +305,8 @@ def _channel_shaped_dq(model: ir.Model, names: _Names, quantized: ir.Value, sour
 
 
 def _lpbq_weight(model: ir.Model, names: _Names, weight: ir.Value, array: np.ndarray, spec: QuantSpec,
-                 min_scale: np.ndarray | None) -> tuple[list[ir.Node], np.ndarray, np.ndarray]:
-    """DequantizeLinear node(s) of an LPBQ weight, its per-channel scale c, and the weight as dequantized.
+                 min_scale: np.ndarray | None) -> tuple[list[ir.Node], qparams.LpbqWeight]:
+    """DequantizeLinear node(s) of an LPBQ weight, and the quantized weight (its per-channel scale c).
 
     Float form: ``DQ(W_q, k·c, 0; axis, block_size)``. Integer form (``spec.int_block_scales``): the block
     scales come from ``DQ(k uint8, c, 0; axis=channel_axis)`` feeding that DQ's scale input, the pattern
@@ -334,8 +336,7 @@ def _lpbq_weight(model: ir.Model, names: _Names, weight: ir.Value, array: np.nda
     dq.outputs[0].name = names(f"{base}_dequantized")
     _copy_type(weight, dq.outputs[0])
     nodes.append(dq)
-    rounded = qparams.dequantize_weight(lpbq.q, lpbq.block_scales, lpbq.zero, spec)
-    return nodes, lpbq.channel_scale, rounded
+    return nodes, lpbq
 
 
 def _layer_means(bias_uses, channel_means: Mapping[str, np.ndarray]) -> dict[tuple[int, int], np.ndarray]:
