@@ -18,11 +18,12 @@ from onnxq.errors import UnknownNameError
 #: Timing: a sub-millisecond model runs in blocks of about this many seconds per sample, at most MAX_BLOCK runs.
 BLOCK_S = 0.005
 MAX_BLOCK = 200
-#: Intra-op threads of the sessions a speed comparison times. Two sessions timed interleaved in one process
-#: must not own thread pools: an idle pool's threads spin for their next job and take the cores the other
-#: session is running on. On the 2-core development machine that put one FP32 YOLOv8n at 14 to 42 ms per
-#: run depending on its neighbours, and inverted speed-ups; single-threaded sessions (no pool) agreed with
-#: each model timed alone in its own process within 5%. The figure is a per-core speed-up, and says so.
+#: Intra-op threads of the sessions a speed comparison times. Sessions alive in one process must not own
+#: thread pools: an idle pool's threads spin for their next job and take the cores the other session is
+#: running on. On the 2-core development machine that put one FP32 YOLOv8n at 14 to 42 ms per run depending
+#: on its neighbours, and inverted speed-ups; single-threaded sessions (no pool) agreed with each model
+#: timed alone in its own process within 5%, and with two threads even one model alone per process was
+#: bimodal (10.8 or 20.9 ms). The figure is a per-core speed-up, and says so.
 TIMING_THREADS = 1
 
 
@@ -77,28 +78,41 @@ class Backend:
         names = [o.name for o in session.get_outputs()]
         return dict(zip(names, session.run(names, dict(feeds)), strict=True))
 
-    def time_sessions(self, sessions: list, feeds: Mapping[str, np.ndarray], *, rounds: int = 20) -> list[float]:
-        """Median latency (s) of each session, measured interleaved so machine noise hits all alike.
+    def time_models(self, models: list[bytes | str], feeds: Mapping[str, np.ndarray], *, variant: str = "",
+                    rounds: int = 20) -> list[float]:
+        """Median latency (s) of each model on a timing session of its own, one session alive at a time.
 
-        A sub-millisecond model is timed in blocks of runs (each block about ``BLOCK_S``): one run of a
-        0.1 ms model is at the mercy of the interpreter and the scheduler, and 20 single runs of two such
-        models measured anything from 0.6x to 1.1x of each other on a busy machine.
+        Sessions side by side would cost the weights of all of them at once (the speed check of ``onnxq
+        quantize`` on MiniLM: +63 MiB, its peak). Two models are timed in the order A B B A, a session per
+        stretch, so a machine that slows down or speeds up steadily shifts both alike; more models, in
+        order twice. Each stretch warms its session up first. A sub-millisecond model is timed in blocks of
+        runs (each block about ``BLOCK_S``): one run of a 0.1 ms model is at the mercy of the interpreter and
+        the scheduler, and 20 single runs of two such models measured anything from 0.6x to 1.1x of each
+        other on a busy machine.
         """
-        single = []
-        for session in sessions:  # warm-up, and how long one run takes
-            self.run(session, feeds)
-            start = time.perf_counter()
-            self.run(session, feeds)
-            single.append(time.perf_counter() - start)
-        block = int(min(MAX_BLOCK, max(1, BLOCK_S / max(min(single), 1e-7))))
-        samples: list[list[float]] = [[] for _ in sessions]
-        for _ in range(rounds):
-            for i, session in enumerate(sessions):
+        order = [0, 1, 1, 0] if len(models) == 2 else list(range(len(models))) * 2
+        per_stretch = max(1, rounds * len(models) // len(order))
+        samples: list[list[float]] = [[] for _ in models]
+        current, session, block = None, None, 1
+        for index in order:
+            if index != current:
+                session = None  # the last stretch's session goes before the next one comes
+                session = self.timing_session(models[index], variant=variant)
+                current, block = index, self._block_size(session, feeds)
+            for _ in range(per_stretch):
                 start = time.perf_counter()
                 for _ in range(block):
                     self.run(session, feeds)
-                samples[i].append((time.perf_counter() - start) / block)
+                samples[index].append((time.perf_counter() - start) / block)
         return [float(np.median(s)) for s in samples]
+
+    def _block_size(self, session, feeds: Mapping[str, np.ndarray]) -> int:
+        """Warm ``session`` up; how many runs make a block of about ``BLOCK_S``."""
+        self.run(session, feeds)
+        start = time.perf_counter()
+        self.run(session, feeds)
+        single = time.perf_counter() - start
+        return int(min(MAX_BLOCK, max(1, BLOCK_S / max(single, 1e-7))))
 
     #: whether ``export`` lowers models to an artefact of this runtime
     exportable: bool = False

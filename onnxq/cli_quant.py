@@ -63,34 +63,37 @@ def quantize(
         calibration_size=calibration_size, holdout=holdout, fallback=False if no_fallback else None,
         bias_correction=False if no_bias_correction else None,
     )
-    loaded = model_io.load_model(model)
-    fp32 = loaded.model
-    shapes = parse_input_shapes(input_shape)
-    if shapes:
-        from onnxq import api
+    # One session folder for the whole command: the input's weights are copied there as it loads (not parsed
+    # into memory), and every session, the quantizer and the final save read them from there.
+    with SessionFiles() as files:
+        loaded = files.load(model)
+        fp32 = loaded.model
+        shapes = parse_input_shapes(input_shape)
+        if shapes:
+            from onnxq import api
 
-        fp32, _ = api.optimize(fp32, "fix-input-shapes,infer-shapes", input_shapes=shapes)
-    with progress_bar("quantizing") as update:
-        quantized, report = run_quantize(
-            fp32, calib, target=resolved, recipe=recipe, progress=lambda message: update(0, 0, message),
-        )
-    heap.release()  # what quantizing freed, before writing and validating
-    with progress_bar("validating and writing"):
-        model_io.save_model(quantized, output, protected=[loaded.path, *loaded.data_files])
-    # Speed on the target, measured interleaved against the FP32 input, on one held-back sample.
-    sample = next(iter(report_samples(calib, fp32, recipe)), None)
-    if sample is not None and not resolved.backend.simulated:
-        # Both through files whose weights ORT maps (not bytes it copies thrice); from memory, not the input's
-        # path: ORT cannot load some external-data layouts (a Reshape shape stored outside the file). The
-        # models go before the sessions come: two sessions at once are the peak of the whole command.
-        with SessionFiles() as files:
-            paths = [files.write_model(model_io.in_memory(fp32)), files.write_model(quantized)]
+            fp32, _ = api.optimize(fp32, "fix-input-shapes,infer-shapes", input_shapes=shapes)
+        with progress_bar("quantizing") as update:
+            quantized, report = run_quantize(
+                fp32, calib, target=resolved, recipe=recipe, progress=lambda message: update(0, 0, message),
+                session_files=files,
+            )
+        heap.release()  # what quantizing freed, before writing and validating
+        # The input's layout decides the output's (its weights now live in the session folder).
+        external = bool(loaded.data_files) or model_io.weights_nbytes(quantized) > model_io.EXTERNAL_DATA_THRESHOLD
+        with progress_bar("validating and writing"):
+            model_io.save_model(quantized, output, protected=[loaded.path, *loaded.data_files],
+                                external_data=external, scratch=files)
+        # Speed on the target against the FP32 input, on one calibration sample.
+        sample = next(iter(report_samples(calib, fp32, recipe)), None)
+        if sample is not None and not resolved.backend.simulated:
+            # Both through files whose weights ORT maps (not bytes it copies thrice). The models go before the
+            # sessions come, and the sessions come one at a time (``time_models``).
+            paths = [files.write_model(fp32), files.write_model(quantized)]
             del fp32, quantized, loaded
             heap.release()
-            sessions = [resolved.timing_session(path) for path in paths]
-            t_fp32, t_q = resolved.backend.time_sessions(sessions, sample, rounds=20)
-            del sessions
-        report.speedup = t_fp32 / t_q if t_q > 0 else None
+            t_fp32, t_q = resolved.backend.time_models(paths, sample, variant=resolved.variant, rounds=20)
+            report.speedup = t_fp32 / t_q if t_q > 0 else None
     if report_path:
         model_io.write_text_atomic(report_path, report.to_json())
     if not FLAGS.quiet:

@@ -59,7 +59,6 @@ def compare_models(
         result.outputs.append(OutputComparison(name, metrics.relative_l2(ref, got), metrics.sqnr_db(ref, got), top1))
     if rounds and samples and not backend.simulated:
         del session_a, session_b  # timed on sessions of their own, one thread each (base.TIMING_THREADS)
-        timed = [target.timing_session(a), target.timing_session(b)]
-        la, lb = backend.time_sessions(timed, samples[0], rounds=rounds)
+        la, lb = backend.time_models([a, b], samples[0], variant=target.variant, rounds=rounds)
         result.latency_a_ms, result.latency_b_ms = la * 1e3, lb * 1e3
     return result

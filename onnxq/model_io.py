@@ -25,8 +25,9 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from onnxq import graph_checks, heap, proto_stream, runtime_compat, safety
+from onnxq import graph_checks, heap, proto_spill, proto_stream, runtime_compat, safety, session_files
 from onnxq.errors import InvalidModelError, OpsetError, OutputPathError, ValidationError
+from onnxq.session_files import SessionFiles
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +48,11 @@ class LoadedModel:
     data_files: list[Path] = field(default_factory=list)
 
 
-def load_model(path: str | os.PathLike) -> LoadedModel:
-    """Load an ONNX file with every safety and structure check; raise ``OnnxqError`` on bad input."""
+def load_model(path: str | os.PathLike, *, spill: SessionFiles | None = None) -> LoadedModel:
+    """Load an ONNX file with every safety and structure check; raise ``OnnxqError`` on bad input.
+
+    ``spill``: a session folder that takes the file's large embedded weights (``SessionFiles.load``): they are
+    copied there, not parsed into memory, and the model's tensors refer to them."""
     path = Path(path)
     if not path.exists():
         raise InvalidModelError(f"model file '{path}' does not exist")
@@ -56,19 +60,38 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
         raise InvalidModelError(f"'{path}' is a directory, not an ONNX model file")
     if path.stat().st_size == 0:
         raise InvalidModelError(f"model file '{path}' is empty")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as exc:
-        raise InvalidModelError(
-            f"'{path}' is not an ONNX model (protobuf parse failed: {_first_line(exc)}); truncated or corrupted?"
-        ) from None
+    proto, spilled, data_path = None, {}, None
+    if spill is not None and _is_protobuf(path):
+        data_path = spill.new_path("loaded", ".data")
+        try:
+            proto, spilled = proto_spill.load_spilling(path, data_path, _spillable)
+        except ValueError as exc:  # the usual load below says what is wrong, if anything
+            logger.debug("reading %s with its weights spilled failed (%s); loading it whole", path, exc)
+    if proto is None:
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as exc:
+            raise InvalidModelError(
+                f"'{path}' is not an ONNX model (protobuf parse failed: {_first_line(exc)}); truncated or "
+                "corrupted?"
+            ) from None
     if not proto.HasField("graph") or (not proto.graph.node and not proto.graph.output):
         raise InvalidModelError(f"'{path}' holds no ONNX graph (not an ONNX model, or an empty one)")
     if not proto.opset_import:
         raise InvalidModelError(f"'{path}' declares no opset imports")
     _check_opset_and_features(proto, path)
     data_files = safety.check_model_proto(proto, path.parent)
-    _check_with_onnx_checker(path, has_external_data=bool(data_files))
+    if spilled:
+        _point_at(proto, spilled, data_path.name)
+        # The checker reads the weightless copy (which names the spilled data file beside it), not the input.
+        checked = data_path.with_suffix(".onnx")
+        checked.write_bytes(proto.SerializeToString())
+        try:
+            _check_with_onnx_checker(checked, has_external_data=bool(data_files), shown=path)
+        finally:
+            checked.unlink(missing_ok=True)
+    else:
+        _check_with_onnx_checker(path, has_external_data=bool(data_files))
     try:
         with _quiet_serde():
             model = ir.serde.deserialize_model(proto)
@@ -78,10 +101,47 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
     del proto
     for graph in (model.graph, *(f.graph for f in model.functions.values())):
         ir.external_data.set_base_dir(graph, path.parent)
+    for name in spilled:
+        model.graph.initializers[name].const_value.base_dir = data_path.parent
     graph_checks.check_graph_structure(model)
     runtime_compat.normalize_opset_imports(model)
-    logger.info("loaded %s (opset %d, IR %d)", path, runtime_compat.default_opset(model), model.ir_version)
+    logger.info("loaded %s (opset %d, IR %d%s)", path, runtime_compat.default_opset(model), model.ir_version,
+                f", {len(spilled)} weights spilled to {data_path}" if spilled else "")
     return LoadedModel(model, path, data_files)
+
+
+def _is_protobuf(path: Path) -> bool:
+    return (onnx.serialization.registry.get_format_from_file_extension(path.suffix) or "protobuf") == "protobuf"
+
+
+def _spillable(header: onnx.TensorProto, raw_length: int) -> bool:
+    """A tensor a session folder keeps external (``session_files``), with as many raw bytes as its dims and
+    type need (one that has not is left in place, for the safety check to refuse)."""
+    if not header.name or header.data_location == onnx.TensorProto.EXTERNAL \
+            or header.data_type not in _DATA_TYPE_VALUES or raw_length < session_files.MIN_EXTERNAL_BYTES:
+        return False
+    if ir.DataType(header.data_type) in session_files.SHAPE_LIKE:
+        return False
+    try:
+        return safety.tensor_nbytes(header) == raw_length
+    except (ValueError, OverflowError):
+        return False
+
+
+_DATA_TYPE_VALUES = frozenset(t.value for t in ir.DataType if t != ir.DataType.UNDEFINED)
+
+
+def _point_at(proto: onnx.ModelProto, spilled: dict[str, proto_spill.SpilledTensor], location: str) -> None:
+    """Mark the spilled initializers as external data at their place in ``location``."""
+    for tensor in proto.graph.initializer:
+        where = spilled.get(tensor.name)
+        if where is None:
+            continue
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        del tensor.external_data[:]
+        for key, value in (("location", location), ("offset", str(where.offset)), ("length", str(where.length))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
 
 
 def _check_opset_and_features(proto: onnx.ModelProto, path: Path) -> None:
@@ -118,7 +178,7 @@ def _quiet_serde() -> Iterator[None]:
         serde_logger.setLevel(level)
 
 
-def _check_with_onnx_checker(path: Path, *, has_external_data: bool) -> None:
+def _check_with_onnx_checker(path: Path, *, has_external_data: bool, shown: Path | None = None) -> None:
     """onnx.checker without reading weights: catches duplicate names, bad attributes, unknown ops, and (full
     check, when the weights are in the file) shapes that contradict an op's attributes, which the output's
     validation would refuse anyway. Shape inference cannot read external tensors, so it is skipped then.
@@ -126,7 +186,9 @@ def _check_with_onnx_checker(path: Path, *, has_external_data: bool) -> None:
     The checker is given the path, not the parsed proto: it parses the file in C++ (with external data it
     resolves locations against the model's folder and reads no tensor bytes). Given the proto, it would
     serialize it first: one more copy of the weights at once (MiniLM, 90 MB: 454 -> 360 MiB peak RSS).
+    ``shown``: the path messages name, when ``path`` is a weightless copy of it.
     """
+    shown = shown or path
     try:
         onnx.checker.check_model(str(path), full_check=not has_external_data)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
@@ -134,13 +196,13 @@ def _check_with_onnx_checker(path: Path, *, has_external_data: bool) -> None:
         # Third-party exporters often write nodes out of order; we sort them ourselves.
         if "topologically sorted" in message:
             return
-        raise InvalidModelError(f"'{path}' fails onnx.checker: {message}") from None
+        raise InvalidModelError(f"'{shown}' fails onnx.checker: {message}") from None
     except UnicodeDecodeError:  # the checker's message quotes a name that is not UTF-8
         raise InvalidModelError(
-            f"'{path}' fails onnx.checker on a name that is not valid UTF-8 (corrupted file?)"
+            f"'{shown}' fails onnx.checker on a name that is not valid UTF-8 (corrupted file?)"
         ) from None
     except ValueError as exc:  # e.g. "Invalid tensor data type 33." from the C++ checker
-        raise InvalidModelError(f"'{path}' fails onnx.checker: {_first_line(exc)}") from None
+        raise InvalidModelError(f"'{shown}' fails onnx.checker: {_first_line(exc)}") from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -194,11 +256,14 @@ def save_model(
     external_data: bool | None = None,
     in_place: bool = False,
     validate: bool = True,
+    scratch: SessionFiles | None = None,
 ) -> Path:
     """Validate and write ``model`` to ``output`` atomically; return the final path.
 
     ``external_data``: True forces a fresh ``<name>.data`` file, False forces embedding, None decides by
     size. ``protected``: files (the input and its data) that must never be overwritten unless ``in_place``.
+    ``scratch``: a session folder where validation may copy the weights of an embedded output
+    (``validate_model_file``).
     """
     output = Path(output)
     sources = external_sources(model)
@@ -230,7 +295,7 @@ def save_model(
         _write(model, staged, data_name)
         heap.release(collect=False)  # the writer's transient copies, before validation parses the file
         if validate:
-            validate_model_file(staged)
+            validate_model_file(staged, scratch=scratch)
         if data_name:
             os.replace(staging / data_name, output.parent / data_name)
         os.replace(staged, output)
@@ -254,22 +319,22 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def _write(model: ir.Model, path: Path, data_name: str | None) -> None:
-    _load_external_attributes(model)
+    load_external_attributes(model)
     if data_name:
         ir.save(model, path, external_data=data_name, alignment=EXTERNAL_DATA_ALIGNMENT, align_threshold=0)
         return
-    # Embed everything: external tensors of the input must not leak into the output as references.
-    model = _embedded_view(model)
-    if (onnx.serialization.registry.get_format_from_file_extension(path.suffix) or "protobuf") == "protobuf":
+    # Embed everything: external tensors (the input's, a session folder's) must not leak into the output as
+    # references. The streamed writer embeds the main graph's itself, one at a time.
+    if _is_protobuf(path) and not _has_external_initializers(model, main_graph=False):
         try:
             proto_stream.save_streamed(model, path)  # ir.save's bytes, one initializer at a time
             return
         except ValueError as exc:
             logger.debug("streamed write refused (%s); serializing the whole model", exc)
-    ir.save(model, path)
+    ir.save(_embedded_view(model), path)
 
 
-def _load_external_attributes(model: ir.Model) -> None:
+def load_external_attributes(model: ir.Model) -> None:
     """Read tensors of node attributes and function bodies that live in the input's data files into memory.
 
     Only graph initializers are moved to a fresh data file (or embedded by ``load_to_model``); any other
@@ -287,28 +352,54 @@ def _load_external_attributes(model: ir.Model) -> None:
 
 def in_memory(model: ir.Model) -> ir.Model:
     """The model with every external tensor (initializers, attributes) read into memory."""
-    _load_external_attributes(model)
+    load_external_attributes(model)
     return _embedded_view(model)
 
 
+def _has_external_initializers(model: ir.Model, *, main_graph: bool = True) -> bool:
+    graphs = model.graphs() if main_graph else (g for g in model.graphs() if g is not model.graph)
+    return any(isinstance(value.const_value, ir.ExternalTensor) for graph in graphs
+               for value in graph.initializers.values())
+
+
 def _embedded_view(model: ir.Model) -> ir.Model:
-    has_external = any(
-        isinstance(value.const_value, ir.ExternalTensor) for graph in model.graphs()
-        for value in graph.initializers.values()
-    )
-    if not has_external:
+    if not _has_external_initializers(model):
         return model
     return ir.external_data.load_to_model(model)
 
 
-def validate_model_file(path: Path) -> None:
+def validate_model_file(path: Path, *, scratch: SessionFiles | None = None) -> None:
     """onnx.checker with shape inference (full check) and an ONNX Runtime load, both given the path.
 
     By path the checker parses the file in C++ and never reads external data, and ORT memory-maps external
     initializers without touching them (prepacking off), so validation costs about the size of the protobuf,
     not of the weights. (``onnx.load`` + check held ~4 copies of them: 916 MiB peak RSS for 196 MiB of
     external weights, now 132 MiB; an output of 1.8-2 GB, saved with external data, used to cost ×4.)
+
+    ``scratch``: for a file with its weights embedded (which both would parse whole: MiniLM's 71 MB output,
+    +40 MiB at the peak of a quantize), the file is read back with its large weights copied to this session
+    folder (``proto_spill``), and both check that twin: the same graph and the same weight bytes, the
+    weights stored beside it instead of inside.
     """
+    if scratch is not None and _is_protobuf(path):
+        data = scratch.new_path("validated", ".data")
+        try:
+            proto, spilled = proto_spill.load_spilling(path, data, _spillable)
+        except ValueError as exc:  # read it whole below
+            logger.debug("reading %s back with its weights spilled failed (%s)", path, exc)
+            spilled = {}
+        if spilled:
+            _point_at(proto, spilled, data.name)
+            twin = data.with_suffix(".onnx")
+            twin.write_bytes(proto.SerializeToString())
+            del proto
+            try:
+                validate_model_file(twin)
+            finally:
+                twin.unlink(missing_ok=True)
+                data.unlink(missing_ok=True)
+            return
+        data.unlink(missing_ok=True)
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:  # noqa: BLE001 - checker and shape inference raise several types

@@ -34,7 +34,7 @@ _LENGTH_DELIMITED = 2
 _FLOAT6 = frozenset(t for t in ir.DataType if "FLOAT6" in t.name)
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
     out = bytearray()
     while True:
         byte, value = value & 0x7F, value >> 7
@@ -54,8 +54,8 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
             return value, pos
 
 
-def _field_header(number: int, length: int) -> bytes:
-    return _varint(number << 3 | _LENGTH_DELIMITED) + _varint(length)
+def field_header(number: int, length: int) -> bytes:
+    return varint(number << 3 | _LENGTH_DELIMITED) + varint(length)
 
 
 def split_fields(data: bytes, number: int) -> tuple[bytes, bytes]:
@@ -95,7 +95,7 @@ class _Encoded:
             self._head, self._tail = split_fields(_proto_without_data(tensor).SerializeToString(),
                                                   _RAW_DATA_FIELD)
             size = tensor.nbytes
-            self.length = len(self._head) + len(_field_header(_RAW_DATA_FIELD, size)) + size + len(self._tail)
+            self.length = len(self._head) + len(field_header(_RAW_DATA_FIELD, size)) + size + len(self._tail)
         else:
             self.length = self._proto().ByteSize()  # no bytes made: a loaded tensor's proto is only measured
 
@@ -111,20 +111,32 @@ class _Encoded:
             yield self._proto().SerializeToString()
             return
         raw = self.tensor.tobytes()
+        if isinstance(self.tensor, ir.ExternalTensor):
+            _unmap(self.tensor)  # ``raw`` is a copy; the mapping would hold the file's pages in memory
         if len(raw) != self.tensor.nbytes:
             raise ValueError(f"tensor '{self.tensor.name}': {len(raw)} bytes of data, nbytes says "
                              f"{self.tensor.nbytes}")
         yield self._head
-        yield _field_header(_RAW_DATA_FIELD, len(raw))
+        yield field_header(_RAW_DATA_FIELD, len(raw))
         yield raw
         yield self._tail
 
 
+def _unmap(tensor: ir.ExternalTensor) -> None:
+    try:
+        tensor.release()
+    except BufferError:  # an array still views the mapping
+        pass
+
+
 def _spliceable(tensor: ir.TensorProtocol) -> bool:
-    """A tensor ``serialize_tensor`` writes as raw data after plain fields (see ``_tensor_proto``)."""
-    return (isinstance(tensor, ir.Tensor) and not isinstance(tensor, (ir.ExternalTensor, ir.StringTensor))
-            and tensor.dtype != ir.DataType.STRING and not tensor.metadata_props
-            and tensor.nbytes >= SPLICE_BYTES)
+    """A tensor ``serialize_tensor`` writes as raw data after plain fields (see ``_tensor_proto``). An
+    external tensor always is (serialized, it would stay a reference to its file): its bytes come inline."""
+    if tensor.dtype == ir.DataType.STRING or tensor.metadata_props:
+        return False
+    if isinstance(tensor, ir.ExternalTensor):
+        return True
+    return isinstance(tensor, ir.Tensor) and not isinstance(tensor, ir.StringTensor) and tensor.nbytes >= SPLICE_BYTES
 
 
 def _proto_without_data(tensor: ir.TensorProtocol) -> onnx.TensorProto:
@@ -158,9 +170,12 @@ def _without_initializer_values(values: list[ir.Value]) -> Iterator[None]:
 
 def save_streamed(model: ir.Model, path: Path) -> None:
     """Write ``model`` to ``path`` as ``ir.save(model, path)`` would (protobuf format, tensors inline), with
-    one initializer serialized at a time. ``ValueError`` (nothing useful written) if the skeleton is not laid
-    out as protobuf writes it."""
+    one initializer serialized at a time; the main graph's external tensors are read one at a time and
+    written inline too. ``ValueError`` (nothing useful written) if the skeleton is not laid out as protobuf
+    writes it."""
     values = [v for v in model.graph.initializers.values() if v.const_value is not None]
+    if any(isinstance(v.const_value, ir.ExternalTensor) and v.const_value.metadata_props for v in values):
+        raise ValueError("an external tensor with metadata (written as a reference)")
     for value in values:
         value.const_value.name = value.name  # what the serializer does before writing each one
     with _without_initializer_values(values):
@@ -171,16 +186,16 @@ def save_streamed(model: ir.Model, path: Path) -> None:
     del skeleton
     encoded = [_Encoded(v.const_value) for v in values]
     graph_length = len(graph_pre) + len(graph_post) + sum(
-        len(_field_header(_INITIALIZER_FIELD, e.length)) + e.length for e in encoded)
-    total = len(model_pre) + len(_field_header(_GRAPH_FIELD, graph_length)) + graph_length + len(model_post)
+        len(field_header(_INITIALIZER_FIELD, e.length)) + e.length for e in encoded)
+    total = len(model_pre) + len(field_header(_GRAPH_FIELD, graph_length)) + graph_length + len(model_post)
     if total > onnx.checker.MAXIMUM_PROTOBUF:
         raise ValueError(f"the model would be {total} bytes, over protobuf's 2 GB limit")
     with open(path, "wb") as stream:
         stream.write(model_pre)
-        stream.write(_field_header(_GRAPH_FIELD, graph_length))
+        stream.write(field_header(_GRAPH_FIELD, graph_length))
         stream.write(graph_pre)
         for item in encoded:
-            stream.write(_field_header(_INITIALIZER_FIELD, item.length))
+            stream.write(field_header(_INITIALIZER_FIELD, item.length))
             for piece in item.pieces():
                 stream.write(piece)
         stream.write(graph_post)

@@ -4,16 +4,22 @@ An ORT session made from bytes holds, while it loads, the bytes (which the Pytho
 session's life), ORT's parsed copy and its own tensors: up to three copies of the weights (MiniLM, 90 MB:
 +280 MiB at peak, +130 MiB after). Made from a file whose weights live in an external data file, ORT maps
 them and copies nothing but what it prepacks (MiniLM: +45 MiB at peak). So sessions of the quantizer
-(calibration, FP32 reference, every verification round) read their models from a private temporary folder:
+(calibration, FP32 reference, every verification round) read their models from a private temporary folder,
+which also holds the FP32 weights *for the quantizer itself*:
 
-1. A tensor is written once per tensor object: clones (``ir.Model.clone``) share tensors, so after the FP32
-   model (``add_base``), a quantized candidate writes only its new tensors.
-2. Tensors under ``MIN_EXTERNAL_BYTES`` and 32/64-bit integers stay inline: ONNX shape inference, which
+1. ``load`` reads a model file with its large weights copied straight into the folder (``proto_spill``),
+   and ``externalize`` writes a model's large in-memory tensors there once and puts references in their
+   place: the model then holds no weight bytes. A reference maps the file when a pass reads it, and
+   ``release`` unmaps it again, so the weights are in memory only while something works on them.
+2. Clones (``ir.Model.clone``) share tensors: a quantized candidate of an externalized model writes only
+   its new tensors; references into the folder are used as they are.
+3. Tensors under ``MIN_EXTERNAL_BYTES`` and 32/64-bit integers stay inline: ONNX shape inference, which
    ORT runs while loading, reads shape-like constants (Reshape shapes, Slice bounds, axes) and cannot read
    external data. Tensors of subgraphs and node attributes stay inline too.
-3. The model's own tensors are never modified: the file is written from a clone (``external_view``).
-4. A model written by ``model_file`` is deleted when its block ends (ORT has mapped what it needs; on
-   Linux a mapped file outlives its name); the folder goes at ``close``.
+4. ``external_view`` writes a file from a clone: the viewed model's own tensors are not changed.
+5. A model written by ``model_file`` is deleted when its block ends (ORT has mapped what it needs; on
+   Linux a mapped file outlives its name); the folder goes at ``close``, so a model whose tensors refer to
+   it must be ``materialize``d first if it is to outlive it.
 
 The folder is on the system's temporary directory (``TMPDIR``); it holds the FP32 weights once, plus the
 new weights of the model being verified. Its name carries the owning process id: a process killed before
@@ -42,12 +48,12 @@ logger = logging.getLogger(__name__)
 MIN_EXTERNAL_BYTES = 1024
 #: Offsets of external tensors are multiples of this (page size: ORT maps them in place).
 ALIGNMENT = 4096
-_SHAPE_LIKE = frozenset({ir.DataType.INT32, ir.DataType.INT64, ir.DataType.UINT32, ir.DataType.UINT64,
+SHAPE_LIKE = frozenset({ir.DataType.INT32, ir.DataType.INT64, ir.DataType.UINT32, ir.DataType.UINT64,
                          ir.DataType.BOOL, ir.DataType.STRING})
 
 
 def _externalizable(tensor: ir.TensorProtocol | None) -> bool:
-    return tensor is not None and tensor.dtype not in _SHAPE_LIKE and tensor.nbytes >= MIN_EXTERNAL_BYTES
+    return tensor is not None and tensor.dtype not in SHAPE_LIKE and tensor.nbytes >= MIN_EXTERNAL_BYTES
 
 
 PREFIX = "onnxq-sessions-"
@@ -82,12 +88,12 @@ def _alive(pid: int) -> bool:
 
 
 class SessionFiles:
-    """A private folder of models for ONNX Runtime sessions; see the module docstring."""
+    """A private folder of models for ONNX Runtime sessions, and of the weights they share; see the module
+    docstring."""
 
     def __init__(self) -> None:
         remove_stale_folders()
         self.folder = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
-        self._written: dict[int, tuple[ir.TensorProtocol, ir.ExternalTensor]] = {}  # id -> (kept alive, ref)
         self._names = itertools.count()
 
     def __enter__(self) -> SessionFiles:
@@ -97,32 +103,74 @@ class SessionFiles:
         self.close()
 
     def close(self) -> None:
-        self._written.clear()
         shutil.rmtree(self.folder, ignore_errors=True)
 
-    def add_base(self, model: ir.Model) -> None:
-        """Write ``model``'s weights now, once for every later model that shares them (its clones)."""
-        tensors = [v.const_value for v in model.graph.initializers.values() if _externalizable(v.const_value)]
-        data = self.folder / f"base-{next(self._names)}.data"
-        for tensor, reference in zip(tensors, self._write_tensors(tensors, data), strict=True):
-            self._written[id(tensor)] = (tensor, reference)
+    def load(self, path: str | os.PathLike):
+        """``model_io.load_model`` with the file's large embedded weights copied into this folder instead
+        of into memory (``proto_spill``); the model's tensors refer to them until ``close``."""
+        from onnxq import model_io
+
+        return model_io.load_model(path, spill=self)
+
+    def new_path(self, stem: str, suffix: str) -> Path:
+        """A fresh file name in the folder."""
+        return self.folder / f"{stem}-{next(self._names)}{suffix}"
+
+    def owns(self, tensor: ir.TensorProtocol | None) -> bool:
+        """Whether ``tensor`` is a reference into this folder."""
+        return isinstance(tensor, ir.ExternalTensor) and Path(tensor.base_dir) == self.folder
+
+    def externalize(self, model: ir.Model) -> None:
+        """Write ``model``'s large tensors that are not in the folder yet, once, and put references to them in
+        their place (in ``model`` itself: pass a clone to keep the original as it is). The model then holds no
+        weight bytes; its clones share the references. Small tensors of other folders' files come inline:
+        shape inference cannot read external ones."""
+        values = []
+        for value in model.graph.initializers.values():
+            tensor = value.const_value
+            if self.owns(tensor):
+                continue
+            if _externalizable(tensor):
+                values.append(value)
+            elif isinstance(tensor, ir.ExternalTensor):  # small or shape-like: inline (shape inference reads it)
+                value.const_value = _in_memory(tensor)
+        references = self._write_tensors([v.const_value for v in values], self.new_path("base", ".data"))
+        for value, reference in zip(values, references, strict=True):
+            value.const_value = reference
+
+    def release(self, model: ir.Model) -> None:
+        """Unmap the folder's tensors that ``model`` read (the pages of a mapped tensor count as the process's
+        memory until then). A tensor that something still views stays mapped."""
+        for value in model.graph.initializers.values():
+            if self.owns(value.const_value):
+                _unmap(value.const_value)
+
+    def materialize(self, model: ir.Model) -> None:
+        """Copy the folder's tensors that ``model`` refers to into memory, so it outlives the folder."""
+        for value in model.graph.initializers.values():
+            tensor = value.const_value
+            if self.owns(tensor):
+                value.const_value = _in_memory(tensor)
 
     def external_view(self, model: ir.Model, *, data_name: str | None = None) -> ir.Model:
         """A clone of ``model`` whose large tensors are references into this folder (new ones written to
         ``data_name``), at an IR version the installed ONNX Runtime loads."""
         view = model.clone()
         view.ir_version = min(view.ir_version, runtime_compat.target_ir_version())
-        values = list(view.graph.initializers.values())
-        fresh = [v for v in values
-                 if _externalizable(v.const_value) and id(v.const_value) not in self._written]
-        data = self.folder / (data_name or f"model-{next(self._names)}.data")
-        references = dict(zip((id(v) for v in fresh),
-                              self._write_tensors([v.const_value for v in fresh], data), strict=True))
-        for value in values:
-            known = self._written.get(id(value.const_value))
-            reference = known[1] if known is not None else references.get(id(value))
-            if reference is not None:
-                value.const_value = reference
+        fresh, inline = [], []
+        for value in view.graph.initializers.values():
+            tensor = value.const_value
+            if self.owns(tensor):
+                continue
+            if _externalizable(tensor):
+                fresh.append(value)
+            elif isinstance(tensor, ir.ExternalTensor):  # another folder's small tensor: its path would break
+                inline.append(value)
+        data = self.folder / data_name if data_name else self.new_path("model", ".data")
+        for value, reference in zip(fresh, self._write_tensors([v.const_value for v in fresh], data), strict=True):
+            value.const_value = reference
+        for value in inline:
+            value.const_value = _in_memory(value.const_value)
         return view
 
     @contextlib.contextmanager
@@ -140,9 +188,9 @@ class SessionFiles:
     def write_model(self, model: ir.Model) -> str:
         """``model`` written in the folder (large tensors external), kept until ``close``; the path. The
         caller may drop ``model`` before making sessions of it (the speed check holds no model then)."""
-        stem = f"model-{next(self._names)}"
-        path = self.folder / f"{stem}.onnx"
-        path.write_bytes(ir.to_proto(self.external_view(model, data_name=f"{stem}.data")).SerializeToString())
+        path = self.new_path("model", ".onnx")
+        view = self.external_view(model, data_name=path.with_suffix(".data").name)
+        path.write_bytes(ir.to_proto(view).SerializeToString())
         return str(path)
 
     def _write_tensors(self, tensors: list[ir.TensorProtocol], data: Path) -> list[ir.ExternalTensor]:
@@ -153,10 +201,30 @@ class SessionFiles:
             for tensor in tensors:
                 offset = (stream.tell() + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
                 stream.seek(offset)
-                raw = tensor.tobytes()
-                stream.write(raw)
+                if isinstance(tensor, ir.ExternalTensor):
+                    tensor.tofile(stream)  # copied file to file, not through memory
+                    length = stream.tell() - offset
+                else:
+                    raw = tensor.tobytes()
+                    stream.write(raw)
+                    length = len(raw)
                 references.append(ir.ExternalTensor(
-                    data.name, offset, len(raw), tensor.dtype, shape=tensor.shape, name=tensor.name,
+                    data.name, offset, length, tensor.dtype, shape=tensor.shape, name=tensor.name,
                     doc_string=tensor.doc_string, metadata_props=dict(tensor.metadata_props),
                     base_dir=self.folder))
         return references
+
+
+def _in_memory(tensor: ir.ExternalTensor) -> ir.Tensor:
+    """A copy of an external tensor in memory, its mapping released."""
+    copy = ir.Tensor(tensor.numpy().copy(), name=tensor.name, doc_string=tensor.doc_string,
+                     metadata_props=dict(tensor.metadata_props))
+    _unmap(tensor)
+    return copy
+
+
+def _unmap(tensor: ir.ExternalTensor) -> None:
+    try:
+        tensor.release()
+    except BufferError:  # an array still views the mapping: it stays until that goes
+        pass

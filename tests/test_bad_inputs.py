@@ -228,7 +228,7 @@ def test_validation_failure_during_save_leaves_nothing(tmp_path: Path, capsys, m
     model = _folded_model_path(tmp_path)
     before = snapshot(tmp_path)
 
-    def refuse(path: Path) -> None:
+    def refuse(path: Path, *, scratch=None) -> None:
         assert path.exists() and path.parent.name.endswith(".tmp")  # staged beside the destination
         raise ValidationError("the produced model fails onnx.checker, so it was not written: test")
 

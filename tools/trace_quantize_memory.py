@@ -45,7 +45,7 @@ def trace(model: Path, calib: Path, extra: list[str]) -> list[dict]:
     meter.wrap(model_io, "save_model", "save (write, checker, ORT load)")
     meter.wrap(model_io, "_write", "write (serialize)")
     meter.wrap(onnx.checker, "check_model", "onnx.checker")
-    meter.wrap(base.Backend, "time_sessions", "speed check (timing)")
+    meter.wrap(base.Backend, "time_models", "speed check (timing)")
     meter.wrap(onnxruntime, "InferenceSession", "ORT InferenceSession()")
     meter.wrap(quantize, "quantize", "quantize() (calibrate, verify, fall back)")
     with tempfile.TemporaryDirectory() as scratch, meter("onnxq quantize (total)"):

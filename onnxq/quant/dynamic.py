@@ -72,7 +72,9 @@ def rewrite_dynamic(model: ir.Model, plan: QuantPlan) -> int:
         model.graph.insert_before(node, new_nodes)
         # The last new node takes over the original output value (name, type, consumers, graph output).
         final_name = out.name
-        last.outputs[0].dtype, last.outputs[0].shape = out.dtype, out.shape
+        if out.type is not None:  # assigning dtype None would make a Tensor(None) type, which cannot be saved
+            last.outputs[0].type = out.type
+        last.outputs[0].shape = out.shape
         ir.convenience.replace_all_uses_with(out, last.outputs[0], replace_graph_outputs=True)
         model.graph.remove(node, safe=True)
         out.name = names(f"{final_name}_replaced")

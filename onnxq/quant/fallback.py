@@ -38,8 +38,10 @@ class Round:
 
 @dataclass
 class SearchResult:
+    """What the search chose. No plan: a plan holds its candidate model, weights and all (the caller
+    rebuilds the one it keeps), and the search would otherwise keep its best candidate alive throughout."""
+
     forced: dict[str, str]
-    plan: QuantPlan
     error: float
     rounds: list[Round]
     sensitivity: dict[str, float] = field(default_factory=dict)
@@ -107,9 +109,10 @@ def search(evaluate: Evaluate, base_forced: dict[str, str], budget: float, *, en
         say(f"verification round {len(rounds)}: error {error:.4g} (budget {budget:g})")
         return plan, error
 
+    # The first round's plan ranks and routes the layers; later rounds' plans (and candidates) go at once.
     plan, error = measure(dict(base_forced), [])
     if error <= budget or not enabled:
-        return SearchResult(dict(base_forced), plan, error, rounds)
+        return SearchResult(dict(base_forced), error, rounds)
 
     compute = [a for a in plan.annotations
                if (every_layer or a.row.kind is RowKind.COMPUTE) and a.name not in base_forced]
@@ -124,7 +127,7 @@ def search(evaluate: Evaluate, base_forced: dict[str, str], budget: float, *, en
         sensitivity[annotation.name] = evaluate(solo, True)[1]
     ranked = sorted(compute, key=lambda a: (-sensitivity[a.name], a.name))
 
-    best = SearchResult(dict(base_forced), plan, error, rounds, sensitivity)
+    best = SearchResult(dict(base_forced), error, rounds, sensitivity)
     previous: dict[str, str] | None = None
     start = dict(base_forced)  # what a stage's moves are added to
     for stage in stages(plan):
@@ -147,13 +150,13 @@ def search(evaluate: Evaluate, base_forced: dict[str, str], budget: float, *, en
         low, high, k = 0, None, 1
         while True:
             k = min(k, len(movable))
-            candidate_plan, candidate_error = measure(forced_for(k), moved(forced_for(k)))
+            candidate_error = measure(forced_for(k), moved(forced_for(k)))[1]
             if candidate_error <= budget:
                 high = k
-                best = SearchResult(forced_for(k), candidate_plan, candidate_error, rounds, sensitivity)
+                best = SearchResult(forced_for(k), candidate_error, rounds, sensitivity)
                 break
             if candidate_error < best.error:
-                best = SearchResult(forced_for(k), candidate_plan, candidate_error, rounds, sensitivity)
+                best = SearchResult(forced_for(k), candidate_error, rounds, sensitivity)
             low = k
             if k == len(movable):
                 break
@@ -167,10 +170,10 @@ def search(evaluate: Evaluate, base_forced: dict[str, str], budget: float, *, en
             continue
         while high - low > 1:
             mid = (low + high) // 2
-            candidate_plan, candidate_error = measure(forced_for(mid), moved(forced_for(mid)))
+            candidate_error = measure(forced_for(mid), moved(forced_for(mid)))[1]
             if candidate_error <= budget:
                 high = mid
-                best = SearchResult(forced_for(mid), candidate_plan, candidate_error, rounds, sensitivity)
+                best = SearchResult(forced_for(mid), candidate_error, rounds, sensitivity)
             else:
                 low = mid
         return best

@@ -201,13 +201,23 @@ def quantize(
     target: str | Target = "ort",
     recipe: Recipe | None = None,
     progress: Callable[[str], None] | None = None,
+    session_files: SessionFiles | None = None,
 ) -> tuple[ir.Model, QuantReport]:
-    """Quantize ``model`` for ``target`` with ``calibration`` data; see the module docstring.
+    """Quantize ``model`` for ``target`` with ``calibration`` data; see the module docstring. ``model``
+    itself is not changed.
 
     Every ORT session reads its model from a private temporary folder where the FP32 weights are written
-    once and memory-mapped, not copied (``onnxq.session_files``)."""
+    once and memory-mapped, not copied, and the quantizer reads them from there too (``onnxq.session_files``).
+    ``session_files``: the caller's folder (``SessionFiles.load`` may have put ``model``'s weights there
+    already); the returned model's unquantized weights then stay references into it, to be saved before it
+    closes. Without it the folder is quantize's own, and the returned model holds its weights in memory."""
+    if session_files is not None:
+        return _quantize(model, calibration, target=target, recipe=recipe, progress=progress, files=session_files)
     with SessionFiles() as files:
-        return _quantize(model, calibration, target=target, recipe=recipe, progress=progress, files=files)
+        quantized, report = _quantize(model, calibration, target=target, recipe=recipe, progress=progress,
+                                      files=files)
+        files.materialize(quantized)
+        return quantized, report
 
 
 def _quantize(model: ir.Model, calibration, *, target: str | Target, recipe: Recipe | None,
@@ -222,9 +232,11 @@ def _quantize(model: ir.Model, calibration, *, target: str | Target, recipe: Rec
         raise UnknownNameError(f"precision for {target.name}", precision, table.precisions)
     say = progress or (lambda message: None)
 
-    # The quantizer reads every weight and serializes the model for ORT sessions: weights that live in the
-    # input's data file come into memory first (a quantized model is a quarter of the FP32 bytes anyway).
-    model = model_io.in_memory(model)
+    # A copy of the caller's model (clones share tensors): passes rewrite it, and its weights move to the
+    # session folder, where every session and every candidate build reads them, mapped only while in use.
+    model = model.clone()
+    model_io.load_external_attributes(model)
+    files.externalize(model)
     if table.static_shapes:
         model = static_input_shapes(model, calibration, target.name)
     if table.opset and runtime_compat.default_opset(model) < table.opset:
@@ -232,18 +244,21 @@ def _quantize(model: ir.Model, calibration, *, target: str | Target, recipe: Rec
     say("preparing graph")
     model = prepare(model)
     runtime_compat.upgrade_opset(model, _opset_for(model, table, precision))
-    files.add_base(model)
+    files.externalize(model)
+    files.release(model)
     heap.release()
     data = CalibrationData.from_source(calibration, model, limit=recipe.calibration_size, holdout=recipe.holdout)
 
     overrides = recipe.overrides()
     plan = annotate(model, table, variant=target.variant, precision=precision, overrides=overrides)
     check_finite_weights(plan)
+    files.release(model)
     tensors = sorted(plan.activation_specs())
     say(f"calibrating {len(tensors)} tensors")
     means = bias_correction.mean_requests(plan) if recipe.bias_correction else {}
     stats = collect_statistics(model, tensors, data, method=recipe.method, moving_average=recipe.moving_average,
                                session_files=files, channel_means=means)
+    files.release(model)
     heap.release(collect=False)
     dissolved = {d.node: d for d in mismatched_shared_nodes(plan, stats, recipe.method, recipe.percentile)}
 
@@ -265,12 +280,15 @@ def _quantize(model: ir.Model, calibration, *, target: str | Target, recipe: Rec
                         overrides=overrides, forced=forced)
         count = build_qdq_model(candidate, plan, stats, method=recipe.method, percentile=recipe.percentile,
                                 bias_correction=recipe.bias_correction)
+        files.release(model)  # the FP32 weights it read
         return candidate, plan, count
 
     def measure(candidate: ir.Model, samples, quick: bool) -> dict[str, float]:
         with files.model_file(candidate) as path:
             session = target.session(path, quick=quick)
-        return metrics.output_errors(reference[: len(samples)], _run_many(session, backend, samples))
+        outputs = _run_many(session, backend, samples)
+        del session  # before the metrics' temporaries
+        return metrics.output_errors(reference[: len(samples)], outputs)
 
     def evaluate(forced: dict[str, str], quick: bool) -> tuple[QuantPlan, float]:
         candidate, plan, _ = build(forced)
@@ -281,11 +299,11 @@ def _quantize(model: ir.Model, calibration, *, target: str | Target, recipe: Rec
         errors = measure(candidate, samples, quick or backend.simulated)
         if not quick:
             errors_seen[_key(forced)] = errors
-        # Candidates are cyclic: earlier rounds' are garbage by now (one the search keeps lives on in its
-        # plan). Collect after a verification round (every weight quantized); leave a sensitivity probe's
-        # to the collector's own schedule (a collection costs ~0.1 s).
+        # Candidates are cyclic: earlier rounds' are garbage by now (the first round's lives on in its plan,
+        # which the search ranks by). Collect after a verification round (every weight quantized); after a
+        # sensitivity probe only once their garbage has grown (a collection costs 30-50 ms; see heap).
         del candidate
-        heap.release(collect=not quick)
+        heap.release(collect=None if quick else True)
         return plan, max(errors.values(), default=0.0)
 
     result = None
