@@ -25,6 +25,8 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 
+from onnxq.session_files import unmap
+
 logger = logging.getLogger(__name__)
 
 #: Tensors from this size up have their raw data spliced in (smaller ones go through ``serialize_tensor``).
@@ -111,8 +113,7 @@ class _Encoded:
             yield self._proto().SerializeToString()
             return
         raw = self.tensor.tobytes()
-        if isinstance(self.tensor, ir.ExternalTensor):
-            _unmap(self.tensor)  # ``raw`` is a copy; the mapping would hold the file's pages in memory
+        unmap(self.tensor)  # ``raw`` is a copy; a mapping would hold the file's pages in memory
         if len(raw) != self.tensor.nbytes:
             raise ValueError(f"tensor '{self.tensor.name}': {len(raw)} bytes of data, nbytes says "
                              f"{self.tensor.nbytes}")
@@ -120,13 +121,6 @@ class _Encoded:
         yield field_header(_RAW_DATA_FIELD, len(raw))
         yield raw
         yield self._tail
-
-
-def _unmap(tensor: ir.ExternalTensor) -> None:
-    try:
-        tensor.release()
-    except BufferError:  # an array still views the mapping
-        pass
 
 
 def _spliceable(tensor: ir.TensorProtocol) -> bool:

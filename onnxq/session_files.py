@@ -143,7 +143,7 @@ class SessionFiles:
         memory until then). A tensor that something still views stays mapped."""
         for value in model.graph.initializers.values():
             if self.owns(value.const_value):
-                _unmap(value.const_value)
+                unmap(value.const_value)
 
     def materialize(self, model: ir.Model) -> None:
         """Copy the folder's tensors that ``model`` refers to into memory, so it outlives the folder."""
@@ -219,12 +219,16 @@ def _in_memory(tensor: ir.ExternalTensor) -> ir.Tensor:
     """A copy of an external tensor in memory, its mapping released."""
     copy = ir.Tensor(tensor.numpy().copy(), name=tensor.name, doc_string=tensor.doc_string,
                      metadata_props=dict(tensor.metadata_props))
-    _unmap(tensor)
+    unmap(tensor)
     return copy
 
 
-def _unmap(tensor: ir.ExternalTensor) -> None:
+def unmap(tensor: ir.TensorProtocol | None) -> None:
+    """Close an external tensor's memory map (its pages count as the process's memory while mapped); the
+    next read maps it again. One that an array still views stays mapped. Other tensors: nothing to do."""
+    if not isinstance(tensor, ir.ExternalTensor):
+        return
     try:
         tensor.release()
-    except BufferError:  # an array still views the mapping: it stays until that goes
+    except BufferError:
         pass

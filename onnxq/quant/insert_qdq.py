@@ -22,6 +22,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxq import runtime_compat
+from onnxq.session_files import unmap
 from onnxq.errors import OpsetError
 from onnxq.quant import bias_correction, qparams
 from onnxq.quant.annotate import QuantPlan
@@ -189,6 +190,8 @@ def insert_qdq(model: ir.Model, plan: QuantPlan, activations: dict[str, TensorQP
             use.node.replace_input_with(use.input_index, nodes[-1].outputs[0])
             weight_scales[(id(use.node), use.input_index)] = lpbq.channel_scale  # bias scale: s_act · c
             added += len(nodes)
+            array = rounded = None
+            unmap(weight.const_value)  # quantized: its pages go now, not with the whole build's
             continue
         q_array, scale, zero = qparams.quantize_weight(
             array, use.spec, name=weight.name, min_scale=min_scales.get((id(use.node), use.input_index))
@@ -213,6 +216,8 @@ def insert_qdq(model: ir.Model, plan: QuantPlan, activations: dict[str, TensorQP
         use.node.replace_input_with(use.input_index, dq.outputs[0])
         if use.spec.block_size is None:  # plain per-block weights have no per-channel scale: float bias
             weight_scales[(id(use.node), use.input_index)] = scale
+        array = rounded = None
+        unmap(weight.const_value)  # quantized: its pages go now, not with the whole build's
         added += 1
 
     for use in sorted(bias_uses, key=lambda u: u.node.name):
