@@ -80,7 +80,8 @@ def quantize(
             )
         heap.release()  # what quantizing freed, before writing and validating
         # The input's layout decides the output's (its weights now live in the session folder).
-        external = bool(loaded.data_files) or model_io.weights_nbytes(quantized) > model_io.EXTERNAL_DATA_THRESHOLD
+        external = bool(loaded.data_files) or (
+            model_io.weights_nbytes(quantized) > model_io.EXTERNAL_DATA_THRESHOLD)
         with progress_bar("validating and writing"):
             model_io.save_model(quantized, output, protected=[loaded.path, *loaded.data_files],
                                 external_data=external, scratch=files)

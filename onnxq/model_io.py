@@ -64,7 +64,7 @@ def load_model(path: str | os.PathLike, *, spill: SessionFiles | None = None) ->
     if spill is not None and _is_protobuf(path):
         data_path = spill.new_path("loaded", ".data")
         try:
-            proto, spilled = proto_spill.load_spilling(path, data_path, _spillable)
+            proto, spilled = proto_spill.load_spilling(path, data_path, session_files.spillable)
         except ValueError as exc:  # the usual load below says what is wrong, if anything
             logger.debug("reading %s with its weights spilled failed (%s); loading it whole", path, exc)
     if proto is None:
@@ -111,24 +111,8 @@ def load_model(path: str | os.PathLike, *, spill: SessionFiles | None = None) ->
 
 
 def _is_protobuf(path: Path) -> bool:
-    return (onnx.serialization.registry.get_format_from_file_extension(path.suffix) or "protobuf") == "protobuf"
-
-
-def _spillable(header: onnx.TensorProto, raw_length: int) -> bool:
-    """A tensor a session folder keeps external (``session_files``), with as many raw bytes as its dims and
-    type need (one that has not is left in place, for the safety check to refuse)."""
-    if not header.name or header.data_location == onnx.TensorProto.EXTERNAL \
-            or header.data_type not in _DATA_TYPE_VALUES or raw_length < session_files.MIN_EXTERNAL_BYTES:
-        return False
-    if ir.DataType(header.data_type) in session_files.SHAPE_LIKE:
-        return False
-    try:
-        return safety.tensor_nbytes(header) == raw_length
-    except (ValueError, OverflowError):
-        return False
-
-
-_DATA_TYPE_VALUES = frozenset(t.value for t in ir.DataType if t != ir.DataType.UNDEFINED)
+    found = onnx.serialization.registry.get_format_from_file_extension(path.suffix)
+    return (found or "protobuf") == "protobuf"
 
 
 def _point_at(proto: onnx.ModelProto, spilled: dict[str, proto_spill.SpilledTensor], location: str) -> None:
@@ -139,7 +123,8 @@ def _point_at(proto: onnx.ModelProto, spilled: dict[str, proto_spill.SpilledTens
             continue
         tensor.data_location = onnx.TensorProto.EXTERNAL
         del tensor.external_data[:]
-        for key, value in (("location", location), ("offset", str(where.offset)), ("length", str(where.length))):
+        entries = (("location", location), ("offset", str(where.offset)), ("length", str(where.length)))
+        for key, value in entries:
             entry = tensor.external_data.add()
             entry.key, entry.value = key, value
 
@@ -384,7 +369,7 @@ def validate_model_file(path: Path, *, scratch: SessionFiles | None = None) -> N
     if scratch is not None and _is_protobuf(path):
         data = scratch.new_path("validated", ".data")
         try:
-            proto, spilled = proto_spill.load_spilling(path, data, _spillable)
+            proto, spilled = proto_spill.load_spilling(path, data, session_files.spillable)
         except ValueError as exc:  # read it whole below
             logger.debug("reading %s back with its weights spilled failed (%s)", path, exc)
             spilled = {}

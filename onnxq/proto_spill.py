@@ -55,7 +55,8 @@ class _Reader:
 
     def read(self, count: int) -> bytes:
         if self.pos + count > self.size:
-            raise ValueError(f"a field runs past the end of the file (byte {self.pos} + {count} of {self.size})")
+            raise ValueError(f"a field runs past the end of the file (byte {self.pos} + {count} of "
+                             f"{self.size})")
         data = self.stream.read(count)
         if len(data) != count:
             raise ValueError(f"short read at byte {self.pos}")
@@ -92,7 +93,8 @@ class _Reader:
 
     def copy_to(self, out: BinaryIO, count: int) -> None:
         if self.pos + count > self.size:
-            raise ValueError(f"raw data runs past the end of the file (byte {self.pos} + {count} of {self.size})")
+            raise ValueError(f"raw data runs past the end of the file (byte {self.pos} + {count} of "
+                             f"{self.size})")
         left = count
         while left:
             chunk = self.stream.read(min(_COPY_CHUNK, left))
@@ -103,7 +105,8 @@ class _Reader:
         self.pos += count
 
 
-def load_spilling(path: Path, data_path: Path, spill: SpillRule) -> tuple[onnx.ModelProto, dict[str, SpilledTensor]]:
+def load_spilling(path: Path, data_path: Path,
+                  spill: SpillRule) -> tuple[onnx.ModelProto, dict[str, SpilledTensor]]:
     """The model at ``path`` with the raw data of the main graph's initializers that ``spill`` picks
     written to ``data_path`` (created) instead of kept; see the module docstring."""
     size = os.path.getsize(path)

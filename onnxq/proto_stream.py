@@ -130,7 +130,8 @@ def _spliceable(tensor: ir.TensorProtocol) -> bool:
         return False
     if isinstance(tensor, ir.ExternalTensor):
         return True
-    return isinstance(tensor, ir.Tensor) and not isinstance(tensor, ir.StringTensor) and tensor.nbytes >= SPLICE_BYTES
+    return (isinstance(tensor, ir.Tensor) and not isinstance(tensor, ir.StringTensor)
+            and tensor.nbytes >= SPLICE_BYTES)
 
 
 def _proto_without_data(tensor: ir.TensorProtocol) -> onnx.TensorProto:

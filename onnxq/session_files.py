@@ -38,9 +38,10 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import onnx
 import onnx_ir as ir
 
-from onnxq import runtime_compat
+from onnxq import runtime_compat, safety
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,24 @@ SHAPE_LIKE = frozenset({ir.DataType.INT32, ir.DataType.INT64, ir.DataType.UINT32
 
 def _externalizable(tensor: ir.TensorProtocol | None) -> bool:
     return tensor is not None and tensor.dtype not in SHAPE_LIKE and tensor.nbytes >= MIN_EXTERNAL_BYTES
+
+
+_DATA_TYPE_VALUES = frozenset(t.value for t in ir.DataType if t != ir.DataType.UNDEFINED)
+
+
+def spillable(header: onnx.TensorProto, raw_length: int) -> bool:
+    """``_externalizable`` for a tensor still in protobuf form (``proto_spill``: its fields, ``raw_length``
+    bytes of raw data), which must hold as many bytes as its dims and type need (one that does not stays
+    where it is, for the safety check to refuse)."""
+    if not header.name or header.data_location == onnx.TensorProto.EXTERNAL \
+            or header.data_type not in _DATA_TYPE_VALUES or raw_length < MIN_EXTERNAL_BYTES:
+        return False
+    if ir.DataType(header.data_type) in SHAPE_LIKE:
+        return False
+    try:
+        return safety.tensor_nbytes(header) == raw_length
+    except (ValueError, OverflowError):
+        return False
 
 
 PREFIX = "onnxq-sessions-"
@@ -132,7 +151,7 @@ class SessionFiles:
                 continue
             if _externalizable(tensor):
                 values.append(value)
-            elif isinstance(tensor, ir.ExternalTensor):  # small or shape-like: inline (shape inference reads it)
+            elif isinstance(tensor, ir.ExternalTensor):  # small or shape-like: inline (shape inference)
                 value.const_value = _in_memory(tensor)
         references = self._write_tensors([v.const_value for v in values], self.new_path("base", ".data"))
         for value, reference in zip(values, references, strict=True):
@@ -167,7 +186,8 @@ class SessionFiles:
             elif isinstance(tensor, ir.ExternalTensor):  # another folder's small tensor: its path would break
                 inline.append(value)
         data = self.folder / data_name if data_name else self.new_path("model", ".data")
-        for value, reference in zip(fresh, self._write_tensors([v.const_value for v in fresh], data), strict=True):
+        references = self._write_tensors([v.const_value for v in fresh], data)
+        for value, reference in zip(fresh, references, strict=True):
             value.const_value = reference
         for value in inline:
             value.const_value = _in_memory(value.const_value)

@@ -18,7 +18,7 @@ import pytest
 
 from onnxq import model_io, numerics, proto_spill
 from onnxq.errors import InvalidModelError
-from onnxq.session_files import ALIGNMENT, SessionFiles
+from onnxq.session_files import ALIGNMENT, SessionFiles, spillable
 
 MODEL = """
 <ir_version: 8, opset_import: ["" : 17], producer_name: "spill-test">
@@ -59,7 +59,7 @@ def _restored(proto: onnx.ModelProto, spilled: dict, data_path) -> onnx.ModelPro
 def test_spilled_proto_plus_data_file_is_the_file(tmp_path):
     path = tmp_path / "m.onnx"
     onnx.save(_proto(), path)
-    proto, spilled = proto_spill.load_spilling(path, tmp_path / "w.data", model_io._spillable)
+    proto, spilled = proto_spill.load_spilling(path, tmp_path / "w.data", spillable)
     assert sorted(spilled) == ["w"]  # int64 shape, 4-byte scale and 256-byte bias stay inline
     assert spilled["w"].offset % ALIGNMENT == 0 and spilled["w"].length == 64 * 64 * 4
     assert not proto.graph.initializer[0].HasField("raw_data") and proto.ByteSize() < 1000
@@ -70,12 +70,13 @@ def test_truncated_or_foreign_files_raise_and_leave_no_data_file(tmp_path):
     path = tmp_path / "m.onnx"
     onnx.save(_proto(), path)
     whole = path.read_bytes()
-    for name, content in {"truncated": whole[: len(whole) // 2], "text": b"not a model at all\n" * 50}.items():
+    cases = {"truncated": whole[: len(whole) // 2], "text": b"not a model at all\n" * 50}
+    for name, content in cases.items():
         broken = tmp_path / f"{name}.onnx"
         broken.write_bytes(content)
         data = tmp_path / f"{name}.data"
         with pytest.raises(ValueError):
-            proto_spill.load_spilling(broken, data, model_io._spillable)
+            proto_spill.load_spilling(broken, data, spillable)
         assert not data.exists()
 
 
@@ -153,7 +154,8 @@ def test_quantize_leaves_the_callers_model_as_it_was():
     assert [(n.op_type, n.name) for n in model.graph] == before_nodes
     assert {name: v.const_value for name, v in model.graph.initializers.items()} == before_tensors
     # without a folder of the caller's, the result holds its weights itself (quantize's folder is gone)
-    assert not any(isinstance(v.const_value, ir.ExternalTensor) for v in quantized.graph.initializers.values())
+    values = quantized.graph.initializers.values()
+    assert not any(isinstance(v.const_value, ir.ExternalTensor) for v in values)
     assert report.qdq_nodes > 0 and len(numerics.model_bytes(quantized)) > 0
 
 

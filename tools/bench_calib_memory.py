@@ -172,15 +172,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--render", type=Path, help="no runs: render the rows of an earlier --json")
     args = parser.parse_args(argv)
     args.work_dir.mkdir(parents=True, exist_ok=True)
+    command = "python tools/bench_calib_memory.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     if args.render:
         saved = json.loads(args.render.read_text())
         floors, rows = saved["floors"], saved["rows"]
+        # the section names the command that measured, and this one that wrote it
+        measured_by = saved.get("command", "an earlier run")
+        command = f"{measured_by}`, rendered by `{command}"
     else:
         floors = measure_floors(args.work_dir)
         rows = [row for name in args.models for row in run(name, args.samples, args.work_dir)]
     if args.json and not args.render:
-        args.json.write_text(json.dumps({"floors": floors, "rows": rows}, indent=2) + "\n")
-    command = "python tools/bench_calib_memory.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+        saved = {"command": command, "floors": floors, "rows": rows}
+        args.json.write_text(json.dumps(saved, indent=2) + "\n")
     section = render(args.models, args.samples, rows, floors, command.strip())
     print(section)
     if args.benchmarks_md:

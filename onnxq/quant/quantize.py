@@ -212,7 +212,8 @@ def quantize(
     already); the returned model's unquantized weights then stay references into it, to be saved before it
     closes. Without it the folder is quantize's own, and the returned model holds its weights in memory."""
     if session_files is not None:
-        return _quantize(model, calibration, target=target, recipe=recipe, progress=progress, files=session_files)
+        return _quantize(model, calibration, target=target, recipe=recipe, progress=progress,
+                         files=session_files)
     with SessionFiles() as files:
         quantized, report = _quantize(model, calibration, target=target, recipe=recipe, progress=progress,
                                       files=files)
