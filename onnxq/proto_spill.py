@@ -154,7 +154,9 @@ def _read_tensor(reader: _Reader, end: int, data: BinaryIO, spill: SpillRule,
     fields = bytearray()
     raw_at = raw_length = None
     for number, head, length in reader.fields(end):
-        if number == _RAW_DATA_FIELD and raw_at is None:
+        if number == _RAW_DATA_FIELD:
+            if raw_at is not None:  # protobuf keeps the last; not worth a special case
+                raise ValueError("a tensor's raw data appears twice")
             raw_at, raw_length = reader.pos, length
             reader.stream.seek(reader.pos + length)
             reader.pos += length
