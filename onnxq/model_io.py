@@ -82,10 +82,8 @@ def load_model(path: str | os.PathLike, *, spill: SessionFiles | None = None) ->
     _check_opset_and_features(proto, path)
     data_files = safety.check_model_proto(proto, path.parent)
     if spilled:
-        _point_at(proto, spilled, data_path.name)
         # The checker reads the weightless copy (which names the spilled data file beside it), not the input.
-        checked = data_path.with_suffix(".onnx")
-        checked.write_bytes(proto.SerializeToString())
+        checked = _weightless_twin(proto, spilled, data_path)
         try:
             _check_with_onnx_checker(checked, has_external_data=bool(data_files), shown=path)
         finally:
@@ -113,6 +111,16 @@ def load_model(path: str | os.PathLike, *, spill: SessionFiles | None = None) ->
 def _is_protobuf(path: Path) -> bool:
     found = onnx.serialization.registry.get_format_from_file_extension(path.suffix)
     return (found or "protobuf") == "protobuf"
+
+
+def _weightless_twin(proto: onnx.ModelProto, spilled: dict[str, proto_spill.SpilledTensor],
+                     data: Path) -> Path:
+    """``proto`` (as ``load_spilling`` left it) written beside its spilled ``data``, which it names as its
+    external data; the path."""
+    _point_at(proto, spilled, data.name)
+    twin = data.with_suffix(".onnx")
+    twin.write_bytes(proto.SerializeToString())
+    return twin
 
 
 def _point_at(proto: onnx.ModelProto, spilled: dict[str, proto_spill.SpilledTensor], location: str) -> None:
@@ -310,7 +318,7 @@ def _write(model: ir.Model, path: Path, data_name: str | None) -> None:
         return
     # Embed everything: external tensors (the input's, a session folder's) must not leak into the output as
     # references. The streamed writer embeds the main graph's itself, one at a time.
-    if _is_protobuf(path) and not _has_external_initializers(model, main_graph=False):
+    if _is_protobuf(path) and not _has_external_initializers(model, subgraphs_only=True):
         try:
             proto_stream.save_streamed(model, path)  # ir.save's bytes, one initializer at a time
             return
@@ -335,14 +343,8 @@ def load_external_attributes(model: ir.Model) -> None:
                     node.attributes[name] = ir.AttrTensor(name, tensor)
 
 
-def in_memory(model: ir.Model) -> ir.Model:
-    """The model with every external tensor (initializers, attributes) read into memory."""
-    load_external_attributes(model)
-    return _embedded_view(model)
-
-
-def _has_external_initializers(model: ir.Model, *, main_graph: bool = True) -> bool:
-    graphs = model.graphs() if main_graph else (g for g in model.graphs() if g is not model.graph)
+def _has_external_initializers(model: ir.Model, *, subgraphs_only: bool = False) -> bool:
+    graphs = (g for g in model.graphs() if not (subgraphs_only and g is model.graph))
     return any(isinstance(value.const_value, ir.ExternalTensor) for graph in graphs
                for value in graph.initializers.values())
 
@@ -374,9 +376,7 @@ def validate_model_file(path: Path, *, scratch: SessionFiles | None = None) -> N
             logger.debug("reading %s back with its weights spilled failed (%s)", path, exc)
             spilled = {}
         if spilled:
-            _point_at(proto, spilled, data.name)
-            twin = data.with_suffix(".onnx")
-            twin.write_bytes(proto.SerializeToString())
+            twin = _weightless_twin(proto, spilled, data)
             del proto
             try:
                 validate_model_file(twin)

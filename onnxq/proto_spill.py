@@ -4,10 +4,10 @@
 stays for as long as the model lives (onnx-ir's tensors view the proto's ``raw_data``). The quantizer's
 ONNX Runtime sessions want the weights in a file anyway (``onnxq.session_files``), so this reader walks the
 file's protobuf encoding (``proto_stream`` describes it) and, for each initializer of the main graph whose
-``raw_data`` qualifies (``spill``), copies those bytes from the file to a data file in chunks and parses
-only the tensor's other fields: the proto it returns holds the graph, not the weights. Each spilled tensor
-is left with no data field at all; ``SpilledTensor`` says where its bytes went, and the caller points it
-there.
+``raw_data`` qualifies (``spill``), copies those bytes from the file to a data file in chunks (aligned as
+``session_files`` aligns its own) and parses only the tensor's other fields: the proto it returns holds the
+graph, not the weights. Each spilled tensor is left with no data field at all; ``SpilledTensor`` says where
+its bytes went, and the caller points it there.
 
 A file whose encoding this reader does not expect (truncated, the graph field repeated, an unknown wire
 type, text that protobuf refuses) raises ``ValueError``, and nothing of it stays in the data file: the
@@ -26,12 +26,11 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from onnxq.proto_stream import field_header, varint
+from onnxq.session_files import ALIGNMENT
 
 _GRAPH_FIELD, _INITIALIZER_FIELD, _RAW_DATA_FIELD = 7, 5, 9
 _VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5
 _COPY_CHUNK = 1 << 22
-#: Offsets of spilled tensors are multiples of this (page size: ONNX Runtime maps them in place).
-ALIGNMENT = 4096
 
 
 @dataclass(frozen=True)
@@ -42,8 +41,7 @@ class SpilledTensor:
     length: int
 
 
-#: Decides from a tensor's other fields (``raw_data`` cleared) and its raw size whether it is spilled;
-#: may raise to refuse the model (a raw size its dims contradict).
+#: Decides from a tensor's other fields (``raw_data`` cleared) and its raw size whether it is spilled.
 SpillRule = Callable[[onnx.TensorProto, int], bool]
 
 
@@ -126,11 +124,10 @@ def load_spilling(path: Path, data_path: Path,
                 graph = _read_graph(reader, reader.pos + length, data, spill, spilled)
                 model_bytes += field_header(_GRAPH_FIELD, len(graph)) + graph
         proto = onnx.ModelProto.FromString(bytes(model_bytes))
-    except (ValueError, DecodeError, UnicodeDecodeError, RuntimeError) as exc:
+    except BaseException as exc:
         data_path.unlink(missing_ok=True)
-        raise ValueError(str(exc) or type(exc).__name__) from None
-    except BaseException:
-        data_path.unlink(missing_ok=True)
+        if isinstance(exc, (DecodeError, UnicodeDecodeError, RuntimeError)):  # protobuf's: a bad file
+            raise ValueError(str(exc) or type(exc).__name__) from None
         raise
     return proto, spilled
 

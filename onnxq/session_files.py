@@ -144,17 +144,22 @@ class SessionFiles:
         their place (in ``model`` itself: pass a clone to keep the original as it is). The model then holds no
         weight bytes; its clones share the references. Small tensors of other folders' files come inline:
         shape inference cannot read external ones."""
-        values = []
+        self._move_into_folder(model, self.new_path("base", ".data"))
+
+    def _move_into_folder(self, model: ir.Model, data: Path) -> None:
+        """``model``'s large tensors not in the folder written to ``data`` and replaced by references; small
+        tensors of other folders' files (their relative paths would break here) read into memory."""
+        fresh = []
         for value in model.graph.initializers.values():
             tensor = value.const_value
             if self.owns(tensor):
                 continue
             if _externalizable(tensor):
-                values.append(value)
-            elif isinstance(tensor, ir.ExternalTensor):  # small or shape-like: inline (shape inference)
+                fresh.append(value)
+            elif isinstance(tensor, ir.ExternalTensor):
                 value.const_value = _in_memory(tensor)
-        references = self._write_tensors([v.const_value for v in values], self.new_path("base", ".data"))
-        for value, reference in zip(values, references, strict=True):
+        references = self._write_tensors([v.const_value for v in fresh], data)
+        for value, reference in zip(fresh, references, strict=True):
             value.const_value = reference
 
     def release(self, model: ir.Model) -> None:
@@ -176,21 +181,8 @@ class SessionFiles:
         ``data_name``), at an IR version the installed ONNX Runtime loads."""
         view = model.clone()
         view.ir_version = min(view.ir_version, runtime_compat.target_ir_version())
-        fresh, inline = [], []
-        for value in view.graph.initializers.values():
-            tensor = value.const_value
-            if self.owns(tensor):
-                continue
-            if _externalizable(tensor):
-                fresh.append(value)
-            elif isinstance(tensor, ir.ExternalTensor):  # another folder's small tensor: its path would break
-                inline.append(value)
         data = self.folder / data_name if data_name else self.new_path("model", ".data")
-        references = self._write_tensors([v.const_value for v in fresh], data)
-        for value, reference in zip(fresh, references, strict=True):
-            value.const_value = reference
-        for value in inline:
-            value.const_value = _in_memory(value.const_value)
+        self._move_into_folder(view, data)
         return view
 
     @contextlib.contextmanager
