@@ -312,9 +312,6 @@ def make_rules(*, lower_standalone: bool = True) -> RewriteRuleSet:
     return RewriteRuleSet([cls.rule() for cls in classes])
 
 
-rules = make_rules()
-
-
 @dataclass(frozen=True)
 class FoldBatchNormOptions:
     #: Lower a BatchNormalization with no foldable producer to Mul + Add.

@@ -96,9 +96,6 @@ class AddMatMulToGemm(MatMulAddToGemm):
         return op.Add(c, op.MatMul(a, b))
 
 
-rules = RewriteRuleSet([MatMulAddToGemm.rule(), AddMatMulToGemm.rule()])
-
-
 @register_pass
 class FuseMatMulAddPass(RewriteRulesPass):
     """Rules:
@@ -115,4 +112,6 @@ class FuseMatMulAddPass(RewriteRulesPass):
     summary = "fuse MatMul + Add into Gemm where A is 2-D and B, C are constants"
 
     def rule_set(self) -> RewriteRuleSet:
-        return rules
+        # Built per run, never kept in the module: a rule's matcher holds on to the last graph it matched,
+        # which would keep that whole model (and its mapped weights) alive for the life of the process.
+        return RewriteRuleSet([MatMulAddToGemm.rule(), AddMatMulToGemm.rule()])

@@ -115,3 +115,40 @@ def test_verify_tolerance_and_records():
     assert report.records[2].rewrites == 1  # the Identity
     assert all(r.seconds >= 0 for r in report.records)
     assert [n.op_type for n in model.graph] == ["Add", "Relu"]
+
+
+RETAINED = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[1, 3, 8, 8] x) => (float[1, 5] y) {
+  c = Conv (x, w)
+  b = BatchNormalization (c, gamma, beta, mean, var)
+  f = Flatten (b)
+  m = MatMul (f, k)
+  y = Add (m, bias)
+}
+"""
+
+
+def test_a_pipeline_run_keeps_no_reference_to_the_model():
+    """Rewrite rules remember the last graph they matched: a rule set kept in a module held the whole
+    model (weights included) until the process ended. After a run, only the caller holds the model."""
+    import gc
+    import weakref
+
+    import numpy as np
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(0)
+    proto = onnx.parser.parse_model(RETAINED)
+    arrays = {"w": rng.standard_normal((4, 3, 3, 3)), "gamma": rng.random(4) + 0.5, "beta": rng.random(4),
+              "mean": rng.random(4), "var": rng.random(4) + 0.5, "k": rng.standard_normal((144, 5)),
+              "bias": rng.standard_normal(5)}
+    proto.graph.initializer.extend(numpy_helper.from_array(a.astype(np.float32), n) for n, a in arrays.items())
+    model, report = pipeline.run_passes(ir.serde.deserialize_model(proto), pipeline.parse_pipeline("default"))
+    rewrites = {r.name: r.rewrites for r in report.records}
+    assert rewrites["fold-bn"] == 1 and rewrites["fuse-matmul-add"] == 1
+    assert [n.op_type for n in model.graph] == ["Conv", "Flatten", "Gemm"]
+    graph = weakref.ref(model.graph)
+    del model
+    gc.collect()
+    assert graph() is None

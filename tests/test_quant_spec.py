@@ -91,3 +91,53 @@ def test_per_block_weights_layout_matches_dequantize_linear():
     assert np.max(np.abs(back - w) - expanded / 2) <= 1e-6
     with pytest.raises(ValueError, match="not a multiple of block"):
         qparams.quantize_weight(rng.standard_normal((48, 6)), spec)
+
+
+def _whole_tensor_quantize(x, scale, zero, spec, axis=None):
+    """The one-shot formula: clip(round(x / s) + z) in float64 over the whole tensor at once."""
+    if axis is not None and np.ndim(scale) == 1:
+        shape = [1] * x.ndim
+        shape[axis] = -1
+        scale, zero = scale.reshape(shape), zero.reshape(shape)
+    q = np.round(x.astype(np.float64) / scale.astype(np.float64)) + zero.astype(np.float64)
+    return np.clip(q, spec.qmin, spec.qmax).astype(spec.dtype.numpy)
+
+
+@pytest.mark.parametrize("shape, axis, dtype", [
+    ((1280, 1000), 0, "int8"),      # more rows than one chunk
+    ((1000, 1280), 1, "int8"),      # per-channel along the chunked axis' neighbour
+    ((3, 300_000), 1, "uint8"),     # one row larger than a chunk
+    ((96, 40, 3, 3), 0, "int4"),
+    ((70_000,), None, "int16"),     # per tensor
+    ((), None, "int8"),
+])
+def test_chunked_quantize_equals_the_whole_tensor_formula(shape, axis, dtype):
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(shape) * 3).astype(np.float32)
+    spec = QuantSpec(QDType.parse(dtype)) if axis is None else weight_spec(dtype, axis)
+    reduce = None if axis is None else tuple(i for i in range(x.ndim) if i != axis)
+    scale, zero = qparams.qparams_from_range(x.min(axis=reduce), x.max(axis=reduce), spec)
+    q = qparams.quantize(x, scale, zero, spec, axis=axis)
+    expected = _whole_tensor_quantize(x, scale, zero, spec, axis=axis)
+    assert q.dtype == expected.dtype and q.shape == expected.shape and q.tobytes() == expected.tobytes()
+    back = qparams.dequantize(q, scale, zero, axis)
+    shaped = (scale, zero) if axis is None else (scale.reshape([-1 if i == axis else 1 for i in range(x.ndim)]),
+                                                 zero.reshape([-1 if i == axis else 1 for i in range(x.ndim)]))
+    one_shot = ((q.astype(np.float64) - shaped[1].astype(np.float64)) * shaped[0]).astype(np.float32)
+    assert back.dtype == np.float32 and back.tobytes() == one_shot.tobytes()
+
+
+def test_weight_quantization_temporaries_stay_small():
+    """A 5 MB classifier weight: float64 temporaries over the whole tensor cost 20 MiB; chunks cost ~2 MiB."""
+    import tracemalloc
+
+    w = np.random.default_rng(4).standard_normal((1280, 1000)).astype(np.float32)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        q, _, _ = qparams.quantize_weight(w, weight_spec("int8", 1))
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert q.nbytes == w.size
+    assert peak < q.nbytes + 6 * 2**20, f"{peak / 2**20:.1f} MiB of temporaries"

@@ -282,6 +282,7 @@ def _quantize(model: ir.Model, calibration, *, target: str | Target, recipe: Rec
         count = build_qdq_model(candidate, plan, stats, method=recipe.method, percentile=recipe.percentile,
                                 bias_correction=recipe.bias_correction)
         files.release(model)  # the FP32 weights it read
+        heap.release(collect=False)  # the build's temporaries, before a session stacks on them
         return candidate, plan, count
 
     def measure(candidate: ir.Model, samples, quick: bool) -> dict[str, float]:
