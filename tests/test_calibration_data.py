@@ -211,18 +211,37 @@ def test_npz_stack_errors(model, tmp_path: Path):
         list(CalibrationData.from_source(tmp_path / "nan.npz", model))
 
 
-def test_uncompressed_npz_is_read_one_sample_at_a_time(tmp_path):
-    """np.savez archives are read per sample (memory flat in the sample count); savez_compressed whole.
-    Both give the same samples."""
+def test_npz_is_read_one_sample_at_a_time_compressed_or_not(tmp_path, model):
+    """np.savez archives are read per sample from the file, savez_compressed ones through a decompressing
+    stream (memory flat in the sample count either way); both give the samples, in any order asked."""
     from onnxq.calibration import npz as calibration_data
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((10, 1, 3, 4, 4)).astype(np.float32)
+    s = rng.standard_normal((10, 1, 4)).astype(np.float32)
     plain, packed = tmp_path / "plain.npz", tmp_path / "packed.npz"
-    np.savez(plain, x=x)
-    np.savez_compressed(packed, x=x)
+    np.savez(plain, x=x, s=s)
+    np.savez_compressed(packed, x=x, s=s)
     members = calibration_data.lazy_members(plain)
     assert isinstance(members["x"], calibration_data.NpyMember) and len(members["x"]) == 10
-    assert calibration_data.lazy_members(packed) is None
-    np.testing.assert_array_equal(members["x"][3], x[3])
-    np.testing.assert_array_equal(members["x"][2:5], x[2:5])
+    streamed = calibration_data.lazy_members(packed)["x"]
+    assert isinstance(streamed, calibration_data.ZipStreamMember) and len(streamed) == 10
+    for member in (members["x"], streamed):
+        np.testing.assert_array_equal(member[3], x[3])
+        np.testing.assert_array_equal(member[2:5], x[2:5])  # backwards: the stream starts again
+        np.testing.assert_array_equal(member[9], x[9])      # forwards past samples
+    streamed.close()
+    from_plain = list(CalibrationData.from_source(plain, model, holdout=2))
+    from_packed = list(CalibrationData.from_source(packed, model, holdout=2))
+    assert len(from_packed) == 8 and all(
+        np.array_equal(a[n], b[n]) for a, b in zip(from_plain, from_packed, strict=True) for n in "xs")
+
+
+def test_a_truncated_compressed_npz_is_a_one_line_error(tmp_path):
+    from onnxq.calibration import npz as calibration_data
+
+    np.savez_compressed(tmp_path / "c.npz", x=np.random.default_rng(1).standard_normal((6, 1, 3, 4, 4)))
+    member = calibration_data.lazy_members(tmp_path / "c.npz")["x"]
+    member.shape = (7, *member.shape[1:])  # as if the archive said more than it holds
+    with pytest.raises(CalibrationDataError, match="corrupted"):
+        member[6]

@@ -21,13 +21,14 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 
 from onnxq import runtime_compat
+from onnxq.calibration import segments
 from onnxq.calibration.data import CalibrationData
 from onnxq.calibration.observers import ChannelMeanObserver, HistogramObserver, MinMaxObserver
 from onnxq.calibration.ranges import HISTOGRAM_METHODS, METHODS, TensorStats
+from onnxq.calibration.segments import SegmentedRun
 from onnxq.errors import OptionError, UnknownNameError
 from onnxq.session_files import SessionFiles
 
@@ -90,24 +91,6 @@ def _classify(model: ir.Model, names: Sequence[str]) -> tuple[list[str], dict[st
     return from_samples, constants, exposed
 
 
-def exposed_model_bytes(model: ir.Model, names: Sequence[str]) -> bytes:
-    """The model serialized with ``names`` added as graph outputs; ``model`` itself is not modified."""
-    dtypes = {v.name: v.dtype for node in model.graph for v in node.outputs}
-    proto = ir.to_proto(model)
-    present = {o.name for o in proto.graph.output}
-    for name in names:
-        if name in present:
-            continue
-        dtype = dtypes.get(name)
-        if dtype is not None:
-            proto.graph.output.append(onnx.helper.make_tensor_value_info(name, int(dtype), None))
-        else:  # ONNX Runtime infers the type of an untyped output
-            proto.graph.output.append(onnx.ValueInfoProto(name=name))
-        present.add(name)
-    proto.ir_version = min(proto.ir_version, runtime_compat.target_ir_version())
-    return proto.SerializeToString()
-
-
 def _external_data_dir(model: ir.Model) -> str | None:
     """Folder of the model's external weights (they stay on disk: ORT reads them from there)."""
     for value in model.graph.initializers.values():
@@ -116,12 +99,14 @@ def _external_data_dir(model: ir.Model) -> str | None:
     return None
 
 
-def make_calibration_session(model: ir.Model, names: Sequence[str], files: SessionFiles | None = None):
-    """One CPU session of ``model`` with ``names`` exposed: optimizations off, so every name survives.
+def make_calibration_session(model: ir.Model, names: Sequence[str], files: SessionFiles | None = None) -> SegmentedRun:
+    """CPU sessions over consecutive segments of ``model`` observing ``names`` (``segments``): optimizations
+    off, so every name survives.
 
     The weights reach ORT as external data in ``files`` (a private folder if None), which it maps instead
     of copying (``onnxq.session_files``). The memory arena is off: a run's outputs are handed to numpy and
-    dropped, so a pool sized for all of them at once would only hold memory between samples.
+    dropped, so a pool sized for all of them at once would only hold memory between samples. The sessions
+    run one after the other, so an idle one's threads must not spin on the cores the next one needs.
     """
     import onnxruntime as ort
 
@@ -131,13 +116,20 @@ def make_calibration_session(model: ir.Model, names: Sequence[str], files: Sessi
     options.intra_op_num_threads = _threads()
     options.inter_op_num_threads = 1
     options.enable_cpu_mem_arena = False
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     with contextlib.ExitStack() as stack:
         files = files or stack.enter_context(SessionFiles())
         view = files.external_view(model)
         folder = _external_data_dir(view)
         if folder:
             options.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
-        return ort.InferenceSession(exposed_model_bytes(view, names), options, providers=["CPUExecutionProvider"])
+        proto = ir.to_proto(view)
+        del view
+        proto.ir_version = min(proto.ir_version, runtime_compat.target_ir_version())
+        parts = segments.split(proto, names)
+        del proto
+        return SegmentedRun(parts, lambda data: ort.InferenceSession(data, options,
+                                                                     providers=["CPUExecutionProvider"]))
 
 
 def _threads() -> int:
@@ -202,7 +194,7 @@ def collect_statistics(
             if name in sample:
                 observers[name].update(sample[name])
         if session is not None:
-            _observe_outputs(session.run(exposed, sample), exposed, observers)
+            session.run(sample, lambda outputs, names: _observe_outputs(outputs, names, observers))
         done += 1
         if progress is not None:
             progress(done, total if total is not None else data.num_samples)

@@ -4,9 +4,9 @@ Sources (``CalibrationData.from_source``):
 
 * a ``.npz`` path (read with ``allow_pickle=False``, like every file): one array per model input, axis
   0 indexing samples. An array whose rank equals the input's rank gives sample ``i = arr[i:i+1]``; one
-  with an extra leading axis gives ``arr[i]``. An uncompressed archive (``np.savez``) is read one sample
-  at a time, so memory does not grow with the number of samples; a compressed one is decompressed whole
-  on every pass. A mapping ``{input: array}`` is an in-memory ``.npz``.
+  with an extra leading axis gives ``arr[i]``. The archive is read one sample at a time, uncompressed
+  (``np.savez``) or compressed (``np.savez_compressed``, decompressed as it streams, once per pass), so
+  memory does not grow with the number of samples. A mapping ``{input: array}`` is an in-memory ``.npz``.
 * a folder: its ``*.npz`` files, sorted by name, one sample each (arrays fed as stored), read lazily.
 * a list or tuple of ``{input: array}`` dicts.
 * any other iterable of dicts (generator, iterator, re-iterable object), or an ONNX Runtime
@@ -184,11 +184,16 @@ class _ArraysSource(_Source):
         stop = self.length if stop is None else min(stop, self.length)
         if start >= stop:
             return
-        arrays = {name: array if isinstance(array, npz.NpyMember) else np.asarray(array)
+        arrays = {name: array if isinstance(array, npz.LAZY_MEMBERS) else np.asarray(array)
                   for name, array in self.opener().items() if name in self.stacked}
-        for i in range(start, stop):
-            sample = {n: (a[i] if self.stacked[n] else a[i:i + 1]) for n, a in arrays.items()}
-            yield sample, f"{self.label}, sample {i}"
+        try:
+            for i in range(start, stop):
+                sample = {n: (a[i] if self.stacked[n] else a[i:i + 1]) for n, a in arrays.items()}
+                yield sample, f"{self.label}, sample {i}"
+        finally:  # a compressed member's stream ends with the pass
+            for array in arrays.values():
+                if isinstance(array, npz.ZipStreamMember):
+                    array.close()
 
 
 class _FolderSource(_Source):
@@ -313,9 +318,9 @@ class CalibrationData:
                 )
             self._held = frozenset(spread_indices(used, holdout))
             self._used = used
-            # one pass (a compressed .npz decompresses an array once per read), each kept sample copied
-            # (``_owned``) before the next is read: it is a view of the whole decompressed array (all 8 of
-            # PP-OCR det's held at once: 1.7 GiB)
+            # one pass, each kept sample copied (``_owned``) before the next is read: a sample of an array
+            # in memory (a mapping, an archive loaded whole) is a view of all of it (PP-OCR det's 8 held-out
+            # views once held its whole decompressed array: 1.7 GiB)
             held = (pair for index, pair in enumerate(source.read(0, used)) if index in self._held)
             self._holdout = [_owned(self._validate(raw, where)) for raw, where in held]
         elif holdout == 0:

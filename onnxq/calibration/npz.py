@@ -1,5 +1,6 @@
-"""Reading calibration ``.npz`` archives safely (``allow_pickle=False``) and, where they are uncompressed,
-one sample at a time, so a calibration pass holds one sample whatever the number of samples."""
+"""Reading calibration ``.npz`` archives safely (``allow_pickle=False``) one sample at a time (from the file
+where uncompressed, through a decompressing stream where compressed), so a calibration pass holds one
+sample whatever the number of samples."""
 
 from __future__ import annotations
 
@@ -59,15 +60,85 @@ class NpyMember:
         return self._read(int(index), 1)[0]
 
 
-def lazy_members(path: Path) -> dict[str, NpyMember] | None:
-    """Lazy members of an uncompressed .npz (``np.savez``), or None for a compressed one
-    (``np.savez_compressed``), which is decompressed whole."""
+class ZipStreamMember:
+    """One array of a compressed .npz (``np.savez_compressed``), decompressed as it is read: samples come in
+    order (a calibration pass reads ``a[0]``, ``a[1]``, ...), so one open stream serves a whole pass and only
+    the sample asked for is in memory. Reading backwards starts the stream again. ``close`` ends it."""
+
+    def __init__(self, path: Path, member: str, shape: tuple[int, ...], dtype: np.dtype):
+        self.path, self.member, self.shape, self.dtype = path, member, shape, dtype
+        self.sample_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        self._archive = self._stream = None
+        self._next = 0  # index of the sample the stream is at
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _rewind(self) -> None:
+        self.close()
+        self._archive = zipfile.ZipFile(self.path)
+        self._stream = self._archive.open(self.member)
+        version = np.lib.format.read_magic(self._stream)
+        (np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0)(
+            self._stream)
+        self._next = 0
+
+    def _read(self, start: int, count: int) -> np.ndarray:
+        if self._stream is None or start < self._next:
+            self._rewind()
+        try:
+            while self._next < start:  # skip forward, a sample at a time
+                self._exact(self.sample_bytes)
+                self._next += 1
+            data = self._exact(count * self.sample_bytes)
+        except (OSError, EOFError, zipfile.BadZipFile) as exc:
+            self.close()
+            raise CalibrationDataError(f"'{self.path}' is corrupted: {exc}") from None
+        self._next = start + count
+        return np.frombuffer(data, dtype=self.dtype).reshape((count, *self.shape[1:]))  # writable: no copy
+
+    def _exact(self, size: int) -> bytearray:
+        data, filled = bytearray(size), 0
+        view = memoryview(data)
+        while filled < size:
+            got = self._stream.readinto(view[filled:])
+            if not got:
+                raise EOFError(f"member '{self.member}' ends early")
+            filled += got
+        view.release()
+        return data
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            start, stop, step = index.indices(self.shape[0])
+            if step != 1:
+                raise IndexError("only contiguous sample slices")
+            return self._read(start, max(stop - start, 0))
+        return self._read(int(index), 1)[0]
+
+    def close(self) -> None:
+        for handle in (self._stream, self._archive):
+            if handle is not None:
+                handle.close()
+        self._archive = self._stream = None
+
+
+def lazy_members(path: Path) -> dict[str, NpyMember | ZipStreamMember] | None:
+    """Members of an .npz read a sample at a time: straight from the file where stored uncompressed
+    (``np.savez``), through a decompressing stream where compressed (``np.savez_compressed``). None where a
+    member is neither plain nor C-ordered (the whole-file loader handles, or refuses, those)."""
     arrays = {}
     try:
         with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
             for info in archive.infolist():
+                name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
                 if info.compress_type != zipfile.ZIP_STORED:
-                    return None
+                    with archive.open(info) as stream:
+                        shape, fortran, dtype = _header(stream)
+                    if dtype.hasobject or fortran or len(shape) == 0:
+                        return None
+                    arrays[name] = ZipStreamMember(path, info.filename, tuple(shape), dtype)
+                    continue
                 raw.seek(info.header_offset)
                 local = raw.read(30)
                 if local[:4] != b"PK\x03\x04":
@@ -75,17 +146,24 @@ def lazy_members(path: Path) -> dict[str, NpyMember] | None:
                 name_length = int.from_bytes(local[26:28], "little")
                 extra_length = int.from_bytes(local[28:30], "little")
                 raw.seek(info.header_offset + 30 + name_length + extra_length)
-                version = np.lib.format.read_magic(raw)
-                reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-                    np.lib.format.read_array_header_2_0
-                shape, fortran, dtype = reader(raw)
+                shape, fortran, dtype = _header(raw)
                 if dtype.hasobject or fortran or len(shape) == 0:
-                    return None  # the whole-file loader handles (or refuses) these
-                name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                    return None
                 arrays[name] = NpyMember(path, raw.tell(), tuple(shape), dtype)
     except (OSError, ValueError, zipfile.BadZipFile):
         return None
     return arrays
+
+
+#: members read a sample at a time
+LAZY_MEMBERS = (NpyMember, ZipStreamMember)
+
+
+def _header(stream) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran order, dtype) from the .npy header at ``stream``'s position, leaving it at the data."""
+    version = np.lib.format.read_magic(stream)
+    reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    return reader(stream)
 
 
 def header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -96,10 +174,7 @@ def header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
             name = member[:-4] if member.endswith(".npy") else member
             with archive.open(member) as fp:
                 try:
-                    version = np.lib.format.read_magic(fp)
-                    reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-                        np.lib.format.read_array_header_2_0
-                    shape, _, dtype = reader(fp)
+                    shape, _, dtype = _header(fp)
                 except ValueError as exc:
                     raise CalibrationDataError(
                         f"'{path}': member '{member}' is not a .npy array ({exc})") from None
