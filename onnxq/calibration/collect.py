@@ -1,11 +1,12 @@
 """One streamed pass over the calibration data, reducing every observed tensor as it comes.
 
-The requested intermediate tensors are exposed as extra graph outputs of a *serialized copy* of the model
-(the caller's model is never modified; its weights go to a private folder as external data, which ORT
-memory-maps instead of copying: ``onnxq.session_files``), run in one ONNX Runtime CPU session with graph
-optimizations off (so every tensor name survives) and no memory arena, one intra-op thread per available
-core (at most ``MAX_THREADS``), sample by sample. Each output is folded into its observers at once and
-dropped, so memory is ``O(tensors × bins)`` plus one sample's activations, whatever the number of samples.
+The requested intermediate tensors are exposed as outputs of a *serialized copy* of the model (the caller's
+model is never modified; its weights go to a private folder as external data, which ORT memory-maps instead
+of copying: ``onnxq.session_files``), cut into consecutive segments (``onnxq.calibration.segments``), each
+run in an ONNX Runtime CPU session with graph optimizations off (so every tensor name survives) and no
+memory arena, one intra-op thread per available core (at most ``MAX_THREADS``), sample by sample. Each
+output is folded into its observers at once and dropped, so memory is ``O(tensors × bins)`` plus one
+segment's activations, whatever the number of samples.
 Tensors that are graph inputs are observed from the samples themselves; initializers are observed once.
 
 For histogram methods one pass suffices: the power-of-two histogram (``observers.HistogramObserver``)
