@@ -147,3 +147,24 @@ def test_only_one_segments_outputs_are_alive_at_a_time():
         segments.SegmentedRun(segments.split(proto, names, per_segment=per_segment), _session).run(feeds, observe)
         assert all(r() is None for r in refs)
     assert most_alive == {len(names): 8, 2: 2}
+
+
+def test_a_segment_that_does_not_load_falls_back_to_one_session(monkeypatch, caplog):
+    """ONNX Runtime is the arbiter of what loads: a cut it refuses costs memory, never the calibration."""
+    model = ir.serde.deserialize_model(_proto())
+    data = [{"x": np.random.default_rng(4).standard_normal((1, 4, 16, 16)).astype(np.float32)}]
+    expected = collect.collect_statistics(model, EXPOSED, data)
+    split = segments.split
+
+    def refused_cut(proto, names, per_segment=segments.SEGMENT_TENSORS):
+        parts = split(proto, names, per_segment)
+        if per_segment is not None:
+            parts[1].model.graph.node.add(op_type="NoSuchOp", input=["x"], output=["nothing"])
+        return parts
+
+    monkeypatch.setattr(segments, "split", refused_cut)
+    with caplog.at_level("INFO", logger="onnxq.calibration.collect"):
+        actual = collect.collect_statistics(model, EXPOSED, data)
+    assert "one session over the whole model" in caplog.text
+    assert all(np.array_equal(actual[n].min, expected[n].min) and np.array_equal(actual[n].max, expected[n].max)
+               for n in EXPOSED)

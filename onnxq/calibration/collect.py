@@ -127,10 +127,16 @@ def make_calibration_session(model: ir.Model, names: Sequence[str], files: Sessi
         proto = ir.to_proto(view)
         del view
         proto.ir_version = min(proto.ir_version, runtime_compat.target_ir_version())
-        parts = segments.split(proto, names)
-        del proto
-        return SegmentedRun(parts, lambda data: ort.InferenceSession(data, options,
-                                                                     providers=["CPUExecutionProvider"]))
+
+        def make(data: bytes):
+            return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+        try:
+            return SegmentedRun(segments.split(proto, names), make)
+        except Exception as error:  # noqa: BLE001 - ORT's own exception types; the whole model is the arbiter
+            logger.info("a calibration segment did not load (%s); one session over the whole model",
+                        str(error).splitlines()[0] if str(error) else type(error).__name__)
+            return SegmentedRun(segments.split(proto, names, per_segment=None), make)
 
 
 def _threads() -> int:

@@ -184,7 +184,7 @@ class _ArraysSource(_Source):
         stop = self.length if stop is None else min(stop, self.length)
         if start >= stop:
             return
-        arrays = {name: array if isinstance(array, npz.LAZY_MEMBERS) else np.asarray(array)
+        arrays = {name: array if isinstance(array, npz.SampleReader) else np.asarray(array)
                   for name, array in self.opener().items() if name in self.stacked}
         try:
             for i in range(start, stop):

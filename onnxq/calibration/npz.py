@@ -31,25 +31,17 @@ def load_members(npz: Mapping[str, np.ndarray], path: Path) -> dict[str, np.ndar
         raise CalibrationDataError(f"'{path}' is corrupted: {exc}") from None
 
 
-class NpyMember:
-    """One array of an uncompressed .npz, read sample by sample (``a[i]``, ``a[i:i+1]``) with plain file
-    reads: neither the array nor a memory map of it stays resident, so a calibration pass holds one sample
-    at a time whatever the number of samples."""
+class SampleReader:
+    """An archive member indexed like the array along its sample axis (``a[i]``, ``a[i:i+1]``), each index
+    read when asked (``_read(start, count)``)."""
 
-    def __init__(self, path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype):
-        self.path, self.offset, self.shape, self.dtype = path, offset, shape, dtype
-        self.sample_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+    shape: tuple[int, ...]
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def _read(self, start: int, count: int) -> np.ndarray:
-        with open(self.path, "rb") as handle:
-            handle.seek(self.offset + start * self.sample_bytes)
-            data = handle.read(count * self.sample_bytes)
-        if len(data) != count * self.sample_bytes:
-            raise CalibrationDataError(f"'{self.path}' is truncated")
-        return np.frombuffer(data, dtype=self.dtype).reshape((count, *self.shape[1:])).copy()
+        raise NotImplementedError
 
     def __getitem__(self, index):
         if isinstance(index, slice):
@@ -60,7 +52,25 @@ class NpyMember:
         return self._read(int(index), 1)[0]
 
 
-class ZipStreamMember:
+class NpyMember(SampleReader):
+    """One array of an uncompressed .npz, read sample by sample with plain file reads: neither the array nor
+    a memory map of it stays resident, so a calibration pass holds one sample at a time whatever the number
+    of samples."""
+
+    def __init__(self, path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype):
+        self.path, self.offset, self.shape, self.dtype = path, offset, shape, dtype
+        self.sample_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+
+    def _read(self, start: int, count: int) -> np.ndarray:
+        with open(self.path, "rb") as handle:
+            handle.seek(self.offset + start * self.sample_bytes)
+            data = handle.read(count * self.sample_bytes)
+        if len(data) != count * self.sample_bytes:
+            raise CalibrationDataError(f"'{self.path}' is truncated")
+        return np.frombuffer(data, dtype=self.dtype).reshape((count, *self.shape[1:])).copy()
+
+
+class ZipStreamMember(SampleReader):
     """One array of a compressed .npz (``np.savez_compressed``), decompressed as it is read: samples come in
     order (a calibration pass reads ``a[0]``, ``a[1]``, ...), so one open stream serves a whole pass and only
     the sample asked for is in memory. Reading backwards starts the stream again. ``close`` ends it."""
@@ -71,16 +81,11 @@ class ZipStreamMember:
         self._archive = self._stream = None
         self._next = 0  # index of the sample the stream is at
 
-    def __len__(self) -> int:
-        return self.shape[0]
-
     def _rewind(self) -> None:
         self.close()
         self._archive = zipfile.ZipFile(self.path)
         self._stream = self._archive.open(self.member)
-        version = np.lib.format.read_magic(self._stream)
-        (np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0)(
-            self._stream)
+        _header(self._stream)  # to the data
         self._next = 0
 
     def _read(self, start: int, count: int) -> np.ndarray:
@@ -107,14 +112,6 @@ class ZipStreamMember:
             filled += got
         view.release()
         return data
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            start, stop, step = index.indices(self.shape[0])
-            if step != 1:
-                raise IndexError("only contiguous sample slices")
-            return self._read(start, max(stop - start, 0))
-        return self._read(int(index), 1)[0]
 
     def close(self) -> None:
         for handle in (self._stream, self._archive):
@@ -153,10 +150,6 @@ def lazy_members(path: Path) -> dict[str, NpyMember | ZipStreamMember] | None:
     except (OSError, ValueError, zipfile.BadZipFile):
         return None
     return arrays
-
-
-#: members read a sample at a time
-LAZY_MEMBERS = (NpyMember, ZipStreamMember)
 
 
 def _header(stream) -> tuple[tuple[int, ...], bool, np.dtype]:

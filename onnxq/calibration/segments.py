@@ -47,16 +47,17 @@ class Segment:
         return [*self.exposed, *(name for name in self.handed_on if name not in self.exposed)]
 
 
-def split(model: onnx.ModelProto, exposed: Sequence[str], per_segment: int = SEGMENT_TENSORS) -> list[Segment]:
+def split(model: onnx.ModelProto, exposed: Sequence[str],
+          per_segment: int | None = SEGMENT_TENSORS) -> list[Segment]:
     """``model``'s nodes cut into segments observing ``exposed`` (its own graph outputs are not kept); one
-    segment where the graph cannot be cut."""
+    segment of all its nodes where the graph cannot be cut, or ``per_segment`` is None."""
     graph = model.graph
     nodes = list(graph.node)
     wanted = set(exposed)
     initializers = {t.name: t for t in graph.initializer}
     types = _elem_types(graph)
     groups = [nodes]
-    if not _has_subgraphs(nodes):
+    if per_segment is not None and not _has_subgraphs(nodes):
         groups = _groups(_contributing(nodes, wanted), wanted, per_segment)
         if any(not types.get(name) for name in _readers(groups, initializers)):
             groups = [nodes]
