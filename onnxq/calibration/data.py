@@ -192,7 +192,7 @@ class _ArraysSource(_Source):
                 yield sample, f"{self.label}, sample {i}"
         finally:  # a compressed member's stream ends with the pass
             for array in arrays.values():
-                if isinstance(array, npz.ZipStreamMember):
+                if isinstance(array, npz.SampleReader):
                     array.close()
 
 

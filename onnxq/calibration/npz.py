@@ -35,7 +35,9 @@ class SampleReader:
     """An archive member indexed like the array along its sample axis (``a[i]``, ``a[i:i+1]``), each index
     read when asked (``_read(start, count)``)."""
 
-    shape: tuple[int, ...]
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype):
+        self.path, self.shape, self.dtype = path, shape, dtype
+        self.sample_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -51,6 +53,9 @@ class SampleReader:
             return self._read(start, max(stop - start, 0))
         return self._read(int(index), 1)[0]
 
+    def close(self) -> None:
+        """End what a pass holds open (nothing, unless overridden)."""
+
 
 class NpyMember(SampleReader):
     """One array of an uncompressed .npz, read sample by sample with plain file reads: neither the array nor
@@ -58,8 +63,8 @@ class NpyMember(SampleReader):
     of samples."""
 
     def __init__(self, path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype):
-        self.path, self.offset, self.shape, self.dtype = path, offset, shape, dtype
-        self.sample_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        super().__init__(path, shape, dtype)
+        self.offset = offset
 
     def _read(self, start: int, count: int) -> np.ndarray:
         with open(self.path, "rb") as handle:
@@ -76,8 +81,8 @@ class ZipStreamMember(SampleReader):
     the sample asked for is in memory. Reading backwards starts the stream again. ``close`` ends it."""
 
     def __init__(self, path: Path, member: str, shape: tuple[int, ...], dtype: np.dtype):
-        self.path, self.member, self.shape, self.dtype = path, member, shape, dtype
-        self.sample_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        super().__init__(path, shape, dtype)
+        self.member = member
         self._archive = self._stream = None
         self._next = 0  # index of the sample the stream is at
 

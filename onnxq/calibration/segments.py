@@ -65,19 +65,18 @@ def split(model: onnx.ModelProto, exposed: Sequence[str],
     last_read = {name: max(indices) for name, indices in readers.items()}
     segments = []
     for index, group in enumerate(groups):
-        if len(groups) > 1:
-            inputs = sorted(name for name, indices in readers.items() if index in indices)
-        else:  # the model's own inputs, typed as it declares them (ORT wants every one fed)
-            inputs = [info.name for info in graph.input if info.name not in initializers]
+        if len(groups) > 1:  # what it reads, typed by element only (shapes may vary from sample to sample)
+            declared = [onnx.helper.make_value_info(name, onnx.helper.make_tensor_type_proto(types[name], None))
+                        for name in sorted(name for name, indices in readers.items() if index in indices)]
+        else:  # the model's own inputs, as it declares them (ORT wants every one fed)
+            declared = [info for info in graph.input if info.name not in initializers]
         produced = [out for node in group for out in node.output if out]
         used = sorted({name for node in group for name in node.input if name in initializers})
-        segment = Segment(None, inputs, [name for name in produced if name in wanted],
+        segment = Segment(None, [info.name for info in declared], [name for name in produced if name in wanted],
                           [name for name in produced if last_read.get(name, -1) > index],
                           [name for name, last in last_read.items() if last == index])
         segment_graph = onnx.helper.make_graph(
-            group, f"{graph.name}_segment{index}",
-            [onnx.helper.make_value_info(name, onnx.helper.make_tensor_type_proto(types[name], None))
-             for name in inputs] if len(groups) > 1 else [i for i in graph.input if i.name not in initializers],
+            group, f"{graph.name}_segment{index}", declared,
             [onnx.ValueInfoProto(name=name) for name in segment.outputs],  # ORT infers their types
             initializer=[initializers[name] for name in used],
         )
