@@ -65,20 +65,19 @@ def destination(annotation: Annotation, plan: QuantPlan, stage: str) -> str:
     return usable[-1] if usable else annotation.precision
 
 
-def _rerank(evaluate: Evaluate, ranked: list[Annotation], start: dict[str, str], base_forced: dict[str, str],
-            compute: list[Annotation], sensitivity: dict[str, float],
-            say: Callable[[str], None]) -> list[Annotation]:
-    """Rank for the next stage: a layer a stage moved is measured alone at its new precision (every other
-    compute layer float); the others keep their measured sensitivity."""
-    moved = [a for a in ranked if a.name in start and a.name not in base_forced]
+def _rerank(evaluate: Evaluate, ranked: list[str], start: dict[str, str], base_forced: dict[str, str],
+            compute: list[str], sensitivity: dict[str, float], say: Callable[[str], None]) -> list[str]:
+    """Rank (layer names) for the next stage: a layer a stage moved is measured alone at its new precision
+    (every other compute layer float); the others keep their measured sensitivity."""
+    moved = [name for name in ranked if name in start and name not in base_forced]
     say(f"measuring {len(moved)} layers at their fall-back precision")
     residual = {}
-    for annotation in moved:
+    for name in moved:
         solo = dict(base_forced)
-        solo.update({other.name: FLOAT for other in compute if other is not annotation})
-        solo[annotation.name] = start[annotation.name]
-        residual[annotation.name] = evaluate(solo, True)[1]
-    return sorted(ranked, key=lambda a: (-residual.get(a.name, sensitivity[a.name]), a.name))
+        solo.update({other: FLOAT for other in compute if other != name})
+        solo[name] = start[name]
+        residual[name] = evaluate(solo, True)[1]
+    return sorted(ranked, key=lambda name: (-residual.get(name, sensitivity[name]), name))
 
 
 def _another_row_runs(plan: QuantPlan, annotation: Annotation, precision: str) -> bool:
@@ -109,39 +108,46 @@ def search(evaluate: Evaluate, base_forced: dict[str, str], budget: float, *, en
         say(f"verification round {len(rounds)}: error {error:.4g} (budget {budget:g})")
         return plan, error
 
-    # The first round's plan ranks and routes the layers; later rounds' plans (and candidates) go at once.
+    # The first round's plan ranks and routes the layers. What the search needs of it is read out at once
+    # and the plan goes: it holds its candidate model (quantized weights and all) for as long as it lives.
+    # Later rounds' plans go at once too.
     plan, error = measure(dict(base_forced), [])
     if error <= budget or not enabled:
         return SearchResult(dict(base_forced), error, rounds)
 
-    compute = [a for a in plan.annotations
-               if (every_layer or a.row.kind is RowKind.COMPUTE) and a.name not in base_forced]
+    layers = [a for a in plan.annotations
+              if (every_layer or a.row.kind is RowKind.COMPUTE) and a.name not in base_forced]
+    compute = [a.name for a in layers]
+    current = {a.name: a.precision for a in layers}  # the first round's precision of each layer
+    routes = [{a.name: destination(a, plan, stage) for a in layers} for stage in stages(plan)]
+    cumulative = plan.table.fallback_cumulative
+    del plan, layers
     known = sensitivity if sensitivity is not None else {}
-    missing = [a for a in compute if a.name not in known]
+    missing = [name for name in compute if name not in known]
     if missing:
         say(f"measuring the sensitivity of {len(missing)} layers")
     sensitivity = dict(known)
-    for annotation in missing:
+    for name in missing:
         solo = dict(base_forced)
-        solo.update({other.name: FLOAT for other in compute if other is not annotation})
-        sensitivity[annotation.name] = evaluate(solo, True)[1]
-    ranked = sorted(compute, key=lambda a: (-sensitivity[a.name], a.name))
+        solo.update({other: FLOAT for other in compute if other != name})
+        sensitivity[name] = evaluate(solo, True)[1]
+    ranked = sorted(compute, key=lambda name: (-sensitivity[name], name))
 
     best = SearchResult(dict(base_forced), error, rounds, sensitivity)
     previous: dict[str, str] | None = None
     start = dict(base_forced)  # what a stage's moves are added to
-    for stage in stages(plan):
-        destinations = {a.name: destination(a, plan, stage) for a in ranked}
+    for route in routes:
+        destinations = {name: route[name] for name in ranked}
         destinations = {name: dest for name, dest in destinations.items() if start.get(name) != dest}
-        if destinations == previous or not any(destinations[a.name] != a.precision for a in ranked
-                                               if a.name in destinations):
+        if destinations == previous or not any(destinations[name] != current[name] for name in ranked
+                                               if name in destinations):
             continue  # this stage would build the same candidates as the last one
         previous = destinations
-        movable = [a for a in ranked if a.name in destinations and destinations[a.name] != a.precision]
+        movable = [name for name in ranked if name in destinations and destinations[name] != current[name]]
 
         def forced_for(k: int) -> dict[str, str]:
             forced = dict(start)
-            forced.update({a.name: destinations[a.name] for a in movable[:k]})
+            forced.update({name: destinations[name] for name in movable[:k]})
             return forced
 
         def moved(forced: dict[str, str]) -> list[str]:
@@ -162,7 +168,7 @@ def search(evaluate: Evaluate, base_forced: dict[str, str], budget: float, *, en
                 break
             k *= 2
         if high is None:
-            if plan.table.fallback_cumulative and movable:
+            if cumulative and movable:
                 # the next stage starts from this one with every layer moved, ranked by what each layer
                 # still costs there (its error alone at this stage's precision)
                 start = forced_for(len(movable))
