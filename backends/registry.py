@@ -34,8 +34,8 @@ class Target:
     def session(self, model: bytes | str, *, quick: bool = False):
         return self.backend.session(model, variant=self.variant, quick=quick)
 
-    def timing_session(self, model: bytes | str):
-        return self.backend.timing_session(model, variant=self.variant)
+    def timing_session(self, model: bytes | str, *, optimized: bool = False):
+        return self.backend.timing_session(model, variant=self.variant, optimized=optimized)
 
 
 def get_backend(name: str) -> Backend:

@@ -73,6 +73,15 @@ def quantize(
             from onnxq import api
 
             fp32, _ = api.optimize(fp32, "fix-input-shapes,infer-shapes", input_shapes=shapes)
+        timed_fp32 = optimized_fp32 = None
+        if not resolved.backend.simulated:
+            # The FP32 model as the speed check will time it, optimized and written now, while the process
+            # holds little: a session on that file maps its weights instead of copying them while it
+            # optimizes (``Backend.optimize_for_timing``), and the check comes at the run's fullest.
+            timed_fp32 = files.write_model(fp32)
+            optimized_fp32 = resolved.backend.optimize_for_timing(
+                timed_fp32, str(files.new_path("fp32-timing", ".onnx")), variant=resolved.variant)
+            heap.release(collect=False)
         with progress_bar("quantizing") as update:
             quantized, report = run_quantize(
                 fp32, calib, target=resolved, recipe=recipe, progress=lambda message: update(0, 0, message),
@@ -87,13 +96,14 @@ def quantize(
                                 external_data=external, scratch=files)
         # Speed on the target against the FP32 input, on one calibration sample.
         sample = next(iter(report_samples(calib, fp32, recipe)), None)
-        if sample is not None and not resolved.backend.simulated:
+        if sample is not None and timed_fp32 is not None:
             # Both through files whose weights ORT maps (not bytes it copies thrice). The models go before the
             # sessions come, and the sessions come one at a time (``time_models``).
-            paths = [files.write_model(fp32), files.write_model(quantized)]
+            paths = [optimized_fp32 or timed_fp32, files.write_model(quantized)]
             del fp32, quantized, loaded
             heap.release()
-            t_fp32, t_q = resolved.backend.time_models(paths, sample, variant=resolved.variant, rounds=20)
+            t_fp32, t_q = resolved.backend.time_models(paths, sample, variant=resolved.variant, rounds=20,
+                                                       optimized=[optimized_fp32] if optimized_fp32 else [])
             report.speedup = t_fp32 / t_q if t_q > 0 else None
     if report_path:
         model_io.write_text_atomic(report_path, report.to_json())

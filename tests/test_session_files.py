@@ -213,8 +213,8 @@ def test_models_are_timed_one_session_at_a_time_in_abba_order():
     made, alive, most = [], set(), [0]
     real = type(backend).timing_session
 
-    def tracked(self, model, *, variant=""):
-        session = real(self, model, variant=variant)
+    def tracked(self, model, *, variant="", optimized=False):
+        session = real(self, model, variant=variant, optimized=optimized)
         made.append("A" if model is a else "B")
         key = id(session)
         alive.add(key)
