@@ -9,6 +9,10 @@ So both modules start as placeholders that import the real module on the first a
 have. ``importlib.util.LazyLoader`` cannot do this here: on Python 3.11 the ``import`` statement reads a
 module's ``__spec__``, which makes a LazyLoader module load at once. Harmless where it cannot apply: if
 either module was already imported or onnx_ir's layout changes, nothing is deferred.
+
+``onnx.reference`` is deferred the same way (``defer_reference_evaluator``): onnxscript's constant folder
+imports it at module level (11 MiB resident) but calls it only to evaluate a node that ``onnxq.small_ops``
+does not; for the shape arithmetic of exported models (pads, reshapes) nothing loads it.
 """
 
 from __future__ import annotations
@@ -26,19 +30,22 @@ SYMPY_USER = "onnx_ir._symbolic_shapes"
 class DeferredModule(types.ModuleType):
     """Stands in for a module until an attribute it lacks is asked for; then imports the real one and
     forwards to it (the real module replaces this one in ``sys.modules``; holders of this one keep
-    working)."""
+    working). ``group``: modules deferred together (a package and its submodule), all imported then."""
 
-    def __init__(self, spec) -> None:
+    def __init__(self, spec, group: tuple[str, ...] = ()) -> None:
         super().__init__(spec.name)
         self.__spec__ = spec
         self.__file__ = spec.origin
+        self._deferred_group = group or (spec.name,)
 
     def __getattr__(self, attribute: str):
-        name = self.__spec__.name
-        if sys.modules.get(name) is self:
-            del sys.modules[name]
-        real = importlib.import_module(name)
-        return getattr(real, attribute)
+        names = self.__dict__["_deferred_group"]
+        for name in names:
+            if isinstance(sys.modules.get(name), DeferredModule):
+                del sys.modules[name]
+        for name in names:
+            importlib.import_module(name)
+        return getattr(sys.modules[self.__spec__.name], attribute)
 
 
 def defer_symbolic_shapes() -> bool:
@@ -56,4 +63,32 @@ def defer_symbolic_shapes() -> bool:
         return False
     sys.modules["sympy"] = DeferredModule(sympy)
     sys.modules[SYMPY_USER] = DeferredModule(user)
+    return True
+
+
+#: onnx's reference implementation and its op library, deferred together
+REFERENCE_MODULES = ("onnx.reference", "onnx.reference.ops")
+
+
+def defer_reference_evaluator() -> bool:
+    """Put placeholders for ``onnx.reference`` and ``onnx.reference.ops`` in ``sys.modules`` (and on the
+    ``onnx`` package) before onnxscript imports them; True if deferred."""
+    if any(name in sys.modules for name in REFERENCE_MODULES):
+        return False
+    import onnx
+
+    if hasattr(onnx, "reference"):
+        return False
+    root = Path(onnx.__file__).parent / "reference"
+    specs = []
+    for name, folder in zip(REFERENCE_MODULES, (root, root / "ops"), strict=True):
+        init = folder / "__init__.py"
+        if not init.is_file():
+            return False
+        specs.append(importlib.util.spec_from_file_location(
+            name, init, submodule_search_locations=[str(folder)]))
+    placeholders = [DeferredModule(spec, REFERENCE_MODULES) for spec in specs]
+    for name, placeholder in zip(REFERENCE_MODULES, placeholders, strict=True):
+        sys.modules[name] = placeholder
+    onnx.reference = placeholders[0]  # ``import onnx.reference.ops`` binds ``onnx``; uses read it from there
     return True

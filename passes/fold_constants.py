@@ -10,12 +10,15 @@ silently undo weight quantization (4x the bytes, and the runtime would no longer
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import onnx_ir as ir
 from onnx_ir.passes.common import LiftConstantsToInitializersPass
 from onnxscript.optimizer import fold_constants
 
+from onnxq import small_ops
 from onnxq.pass_api import OnnxqPass, register_pass
 
 #: Ops whose constant inputs are the point (quantized weights): keep them in the graph.
@@ -77,17 +80,50 @@ class FoldConstantsPass(OnnxqPass):
 
     def apply(self, model: ir.Model) -> int:
         before = _node_count(model)
-        result = fold_constants(
-            model,
-            input_size_limit=self.options.input_size_limit,
-            output_size_limit=self.options.output_size_limit,
-            should_fold=_should_fold,
-        )
+        with _small_ops_first():
+            result = fold_constants(
+                model,
+                input_size_limit=self.options.input_size_limit,
+                output_size_limit=self.options.output_size_limit,
+                should_fold=_should_fold,
+            )
         # Constant nodes (any size) become initializers, where quantizers and inspect expect weights.
         LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=0)(model)
         # The folder detaches folded nodes; dead ones disappear in dce. Count what is gone or replaced.
         removed = max(0, before - _node_count(model))
         return removed if removed else int(bool(result.modified))
+
+
+
+class _SmallOpsFirst:
+    """onnxscript's evaluator of constant nodes, trying ``onnxq.small_ops`` (numpy) before
+    ``onnx.reference``."""
+
+    def __init__(self, reference) -> None:
+        self.reference = reference
+
+    def evaluate(self, domain: str, op: str, version: int, *args, **kwargs):
+        result = small_ops.evaluate(domain, op, args, kwargs)
+        return result if result is not None else self.reference.evaluate(domain, op, version, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def _small_ops_first() -> Iterator[bool]:
+    """For the folder's run, its module's evaluator of constant nodes (``_reference_evaluator``) tries
+    ``onnxq.small_ops`` first, so the shape arithmetic of exported models does not import ``onnx.reference``
+    (11 MiB, resident for the rest of the run: ``onnxq.deferred_imports``). Yields whether it could: an
+    onnxscript without that evaluator folds as it is (test_fold_constants pins the installed one)."""
+    from onnxscript.optimizer import _constant_folding
+
+    reference = getattr(_constant_folding, "_reference_evaluator", None)
+    if not callable(getattr(reference, "evaluate", None)):
+        yield False
+        return
+    _constant_folding._reference_evaluator = _SmallOpsFirst(reference)
+    try:
+        yield True
+    finally:
+        _constant_folding._reference_evaluator = reference
 
 
 def _node_count(model: ir.Model) -> int:
