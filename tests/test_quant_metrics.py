@@ -54,3 +54,24 @@ def test_scattered_quiet_slices_are_not_a_separate_quantity():
     actual = [np.round(r * 255) / 255 for r in reference]  # 8-bit: quiet classes become 0
     plain = metrics.relative_l2(np.stack(reference), np.stack(actual))
     assert metrics.output_errors([{"y": r} for r in reference], [{"y": a} for a in actual])["y"] == plain
+
+
+def test_errors_are_summed_a_sample_at_a_time_and_leave_the_outputs_alone():
+    """Eight PP-OCR det probability maps (832x640): stacking them in float64 took ~100 MiB of temporaries, the
+    fall-back search's peak; per-sample sums keep to a few copies of one sample. Same value as stacked."""
+    import tracemalloc
+
+    rng = np.random.default_rng(4)
+    reference = [rng.random((1, 1, 832, 640), dtype=np.float32) for _ in range(8)]
+    actual = [(r + rng.normal(0, 0.01, r.shape)).astype(np.float32) for r in reference]
+    kept = [a.copy() for a in actual]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        error = metrics.output_errors([{"y": r} for r in reference], [{"y": a} for a in actual])["y"]
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert peak < 24 * 2**20, f"{peak / 2**20:.1f} MiB of temporaries"
+    assert abs(error - metrics.relative_l2(np.stack(reference), np.stack(actual))) < 1e-12
+    assert all(np.array_equal(a, k) for a, k in zip(actual, kept))
