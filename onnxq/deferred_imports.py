@@ -30,12 +30,18 @@ SYMPY_USER = "onnx_ir._symbolic_shapes"
 class DeferredModule(types.ModuleType):
     """Stands in for a module until an attribute it lacks is asked for; then imports the real one and
     forwards to it (the real module replaces this one in ``sys.modules``; holders of this one keep
-    working). ``group``: modules deferred together (a package and its submodule), all imported then."""
+    working). ``group``: modules deferred together (a package and its submodule), all imported then.
+    ``package``: the placeholder has the package's ``__path__``, so a submodule import (``from
+    onnx.reference.op_run import ...``) loads just that submodule, which the package reuses once it is
+    imported; without it the import system would read ``__path__``, import the package (and with it the
+    submodule) and then load the submodule a second time."""
 
-    def __init__(self, spec, group: tuple[str, ...] = ()) -> None:
+    def __init__(self, spec, group: tuple[str, ...] = (), *, package: bool = False) -> None:
         super().__init__(spec.name)
         self.__spec__ = spec
         self.__file__ = spec.origin
+        if package:
+            self.__path__ = list(spec.submodule_search_locations)
         self._deferred_group = group or (spec.name,)
 
     def __getattr__(self, attribute: str):
@@ -87,7 +93,7 @@ def defer_reference_evaluator() -> bool:
             return False
         specs.append(importlib.util.spec_from_file_location(
             name, init, submodule_search_locations=[str(folder)]))
-    placeholders = [DeferredModule(spec, REFERENCE_MODULES) for spec in specs]
+    placeholders = [DeferredModule(spec, REFERENCE_MODULES, package=True) for spec in specs]
     for name, placeholder in zip(REFERENCE_MODULES, placeholders, strict=True):
         sys.modules[name] = placeholder
     onnx.reference = placeholders[0]  # ``import onnx.reference.ops`` binds ``onnx``; uses read it from there

@@ -115,3 +115,21 @@ def test_the_installed_onnxscript_takes_the_numpy_evaluator():
 
     with _small_ops_first() as active:
         assert active
+
+
+SUBMODULE_FIRST = """
+import sys, onnxq
+from onnx.reference.op_run import OpRun
+print(type(sys.modules["onnx.reference"]).__name__)
+from onnx.reference import ReferenceEvaluator
+from onnx.reference.ops import _op_list
+print(type(sys.modules["onnx.reference"]).__name__, OpRun is _op_list.OpRun,
+      OpRun is sys.modules["onnx.reference.op_run"].OpRun)
+"""
+
+
+def test_a_submodule_imported_first_is_the_one_the_package_uses():
+    """``from onnx.reference.op_run import OpRun`` (ORT's quantizer does such imports) loads that submodule
+    alone; the package reuses it once imported. A placeholder without ``__path__`` made the import system
+    import the package and then load the submodule again: two OpRun classes."""
+    assert _run(SUBMODULE_FIRST).splitlines() == ["DeferredModule", "module True True"]
