@@ -94,7 +94,6 @@ class FoldConstantsPass(OnnxqPass):
         return removed if removed else int(bool(result.modified))
 
 
-
 class _SmallOpsFirst:
     """onnxscript's evaluator of constant nodes, trying ``onnxq.small_ops`` (numpy) before
     ``onnx.reference``."""
@@ -112,7 +111,7 @@ def _small_ops_first() -> Iterator[bool]:
     """For the folder's run, its module's evaluator of constant nodes (``_reference_evaluator``) tries
     ``onnxq.small_ops`` first, so the shape arithmetic of exported models does not import ``onnx.reference``
     (11 MiB, resident for the rest of the run: ``onnxq.deferred_imports``). Yields whether it could: an
-    onnxscript without that evaluator folds as it is (test_fold_constants pins the installed one)."""
+    onnxscript without that evaluator folds as it is (test_deferred_imports pins the installed one)."""
     from onnxscript.optimizer import _constant_folding
 
     reference = getattr(_constant_folding, "_reference_evaluator", None)

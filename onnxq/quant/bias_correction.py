@@ -23,6 +23,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from onnxq.quant import qparams
+
 #: The axis of a corrected layer's input whose per-channel mean calibration keeps.
 CHANNEL_AXIS = 1
 #: Elements of a block of output channels whose float64 weight difference is formed at once (2 MiB).
@@ -66,19 +68,14 @@ def output_shift(node: ir.Node, weight: np.ndarray, rounded: np.ndarray, mean: n
         alpha, beta = _float_attr(node, "alpha", 1.0), _float_attr(node, "beta", 1.0)
         if beta == 0.0:
             return None
-        shift = np.concatenate([_delta(*by_output, rows) @ mean for rows in _row_blocks(by_output[0])])
+        blocks = qparams.row_blocks(by_output[0], CHUNK_ELEMENTS)
+        shift = np.concatenate([_delta(*by_output, rows) @ mean for rows in blocks])
         return alpha / beta * shift
     return None
 
 
 def _delta(weight: np.ndarray, rounded: np.ndarray, rows: slice) -> np.ndarray:
     return rounded[rows].astype(np.float64) - weight[rows].astype(np.float64)
-
-
-def _row_blocks(weight: np.ndarray):
-    """Slices of axis 0 covering ``weight`` in blocks of about ``CHUNK_ELEMENTS`` elements."""
-    step = max(1, CHUNK_ELEMENTS // max(1, int(np.prod(weight.shape[1:]))))
-    return [slice(start, start + step) for start in range(0, len(weight), step)]
 
 
 def _conv_shift(weight: np.ndarray, rounded: np.ndarray, mean: np.ndarray, groups: int) -> np.ndarray | None:
@@ -91,7 +88,7 @@ def _conv_shift(weight: np.ndarray, rounded: np.ndarray, mean: np.ndarray, group
     group_means = mean.reshape(groups, per_group)[group_of]  # [M, C/g]: each output's group's channel means
     taps = int(np.prod(weight.shape[2:], dtype=int))
     shifts = []
-    for rows in _row_blocks(weight):
+    for rows in qparams.row_blocks(weight, CHUNK_ELEMENTS):
         # [rows, C/g]: the response to a constant input
         tap_sums = _delta(weight, rounded, rows).reshape(-1, per_group, taps).sum(axis=2)
         shifts.append((tap_sums * group_means[rows]).sum(axis=1))

@@ -119,6 +119,12 @@ def dequantize(q: np.ndarray, scale: np.ndarray, zero: np.ndarray, axis: int | N
 CHUNK_ELEMENTS = 1 << 18
 
 
+def row_blocks(x: np.ndarray, elements: int = CHUNK_ELEMENTS) -> list[slice]:
+    """Slices of axis 0 covering ``x`` (at least 1-d) in blocks of about ``elements`` elements."""
+    step = max(1, elements // max(1, int(np.prod(np.shape(x)[1:]))))
+    return [slice(start, start + step) for start in range(0, len(x), step)]
+
+
 def _row_chunks(x: np.ndarray, scale: np.ndarray, zero: np.ndarray):
     """(slice of axis 0, scale, zero) covering ``x`` in chunks of about ``CHUNK_ELEMENTS``, the parameters
     sliced along with ``x`` where they vary along axis 0 (else they broadcast as they are). Elementwise
@@ -127,14 +133,13 @@ def _row_chunks(x: np.ndarray, scale: np.ndarray, zero: np.ndarray):
         yield ..., scale, zero
         return
     rows = len(x)
-    step = max(1, CHUNK_ELEMENTS // max(1, int(np.prod(np.shape(x)[1:]))))
 
-    def part(p: np.ndarray, start: int) -> np.ndarray:
+    def part(p: np.ndarray, block: slice) -> np.ndarray:
         sliced = p.ndim == np.ndim(x) and p.shape[0] == rows and rows > 1
-        return p[start:start + step] if sliced else p
+        return p[block] if sliced else p
 
-    for start in range(0, rows, step):
-        yield slice(start, start + step), part(scale, start), part(zero, start)
+    for block in row_blocks(x):
+        yield block, part(scale, block), part(zero, block)
 
 
 def dequantize_weight(q: np.ndarray, scale: np.ndarray, zero: np.ndarray, spec: QuantSpec) -> np.ndarray:
