@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import tempfile
 
 import numpy as np
@@ -228,3 +229,77 @@ def test_models_are_timed_one_session_at_a_time_in_abba_order():
         latencies = backend.time_models([a, b], feeds, rounds=4)
     assert made == ["A", "B", "A"] and most[0] == 1
     assert len(latencies) == 2 and all(t > 0 for t in latencies)
+
+
+# A 64 MiB intermediate tensor in the session's memory arena, and a one-number output.
+BIG_INTERMEDIATE = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[1, 1024] x) => (float[1, 1] y) <int64[2] shape = {16384, 1024}> {
+  big = Expand(x, shape)
+  z = Sigmoid(big)
+  y = ReduceSum(z)
+}
+"""
+
+
+def _resident_anon_mib() -> float:
+    import gc
+
+    gc.collect()
+    heap.release()
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("RssAnon:"))
+    return int(line.split()[1]) / 1024
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/status")
+def test_kept_outputs_do_not_keep_the_dead_session_memory():
+    """ORT's outputs are views that hold the session's whole arena alive: the FP32 reference outputs that
+    quantize keeps through the search held 8 MiB for EfficientNet-Lite0. ``Backend.run`` hands copies."""
+    from onnxq.backends.registry import resolve_target
+
+    backend = resolve_target("ort").backend
+    data = onnx.parser.parse_model(BIG_INTERMEDIATE).SerializeToString()
+    feeds = {"x": np.full((1, 1024), 0.5, np.float32)}
+    before = _resident_anon_mib()
+    session = backend.reference_session(data)
+    kept = [backend.run(session, feeds) for _ in range(2)]
+    del session
+    grown = _resident_anon_mib() - before
+    assert all(out["y"].base is None for out in kept)
+    np.testing.assert_allclose(kept[0]["y"], [[16384 * 1024 / (1 + np.exp(-0.5))]], rtol=1e-2)  # float32 sum
+    assert grown < 24, f"{grown:.0f} MiB still resident after the session went (its arena holds 64)"
+    assert numerics.run_model(data, feeds)["y"].base is None
+
+
+def test_timing_returns_each_session_memory_before_the_next_session():
+    """Freed session memory stays in the C heap until trimmed; timing ratcheted up by one session's worth
+    per stretch (EfficientNet-Lite0: +26 MiB, the speed check's peak)."""
+    from onnxq.backends.registry import resolve_target
+
+    backend = resolve_target("ort").backend
+    a, b = (numerics.model_bytes(small_model()), numerics.model_bytes(small_model()))
+    events, alive = [], set()
+    real_session, real_release = type(backend).timing_session, heap.release
+
+    def tracked(self, model, *, variant="", optimized=False):
+        import weakref
+
+        session = real_session(self, model, variant=variant, optimized=optimized)
+        events.append("session")
+        alive.add(id(session))
+        weakref.finalize(session, alive.discard, id(session))
+        return session
+
+    def release(**kwargs):
+        events.append(f"release with {len(alive)} alive")
+        real_release(**kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(backend), "timing_session", tracked)
+        patch.setattr(heap, "release", release)
+        backend.time_models([a, b], {"x": np.ones((1, 64), np.float32)}, rounds=4)
+    made = [i for i, event in enumerate(events) if event == "session"]
+    assert len(made) == 3
+    for index in made[1:]:
+        assert events[index - 1] == "release with 0 alive", events
