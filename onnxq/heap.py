@@ -57,3 +57,31 @@ def _resident_bytes() -> int | None:
             return int(stream.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return None
+
+
+class TrimWhenGrown:
+    """Call once per step of a streamed loop: returns the C heap's free pages to the system whenever resident
+    memory has grown by ``grown_mib`` since the last trim (or since this was made).
+
+    Calibration sessions run without a memory arena, so ONNX Runtime takes each activation from the C heap
+    and frees it there. The next sample's activations do not all fit the holes the last one left, so the
+    heap's resident size ratchets up over the first samples: PP-OCR det's calibration went from 364 MiB
+    after one sample to 438 after eight, keeping ~180 MiB of freed memory between samples. Trimming costs
+    page faults on what it gave back, so it pays only when a step left much behind: PP-OCR det is trimmed
+    after every sample (+1.3 s over 24 samples, peak 438 -> 342 MiB), EfficientNet-Lite0, which leaves
+    ~23 MiB, once."""
+
+    def __init__(self, grown_mib: float = 32) -> None:
+        self.grown = grown_mib * 2**20
+        self.mark = _resident_bytes() or 0
+        self.trims = 0
+
+    def __call__(self) -> bool:
+        resident = _resident_bytes()
+        trim = _malloc_trim()
+        if resident is None or trim is None or resident - self.mark < self.grown:
+            return False
+        trim(0)
+        self.mark = _resident_bytes() or 0
+        self.trims += 1
+        return True

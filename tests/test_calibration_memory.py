@@ -76,3 +76,50 @@ def test_each_calibration_output_is_dropped_once_observed():
     collect._observe_outputs(outputs, list(sizes), {name: Recorder(name) for name in sizes})
     assert alive_at_update == {"b": 4, "d": 3, "a": 2, "c": 1}
     assert all(r() is None for r in refs)
+
+
+def test_heap_is_trimmed_only_after_a_step_that_left_enough_behind(monkeypatch):
+    """A trim costs page faults on what it returns: only growth of ``grown_mib`` since the last trim pays."""
+    from onnxq import heap
+
+    mib = 2**20
+    resident = iter([100 * mib,  # at creation
+                     120 * mib,  # +20: kept
+                     140 * mib, 110 * mib,  # +40: trimmed, 110 after
+                     130 * mib,  # +20 over 110: kept
+                     150 * mib, 150 * mib])  # +40 over 110 and nothing freed: trimmed all the same
+    trims = []
+    monkeypatch.setattr(heap, "_resident_bytes", lambda: next(resident))
+    monkeypatch.setattr(heap, "_malloc_trim", lambda: trims.append)
+    trim = heap.TrimWhenGrown(32)
+    assert [trim() for _ in range(4)] == [False, True, False, True]
+    assert trims == [0, 0] and trim.trims == 2 and trim.mark == 150 * mib
+
+
+def test_calibration_offers_the_heap_a_trim_after_every_sample(monkeypatch):
+    """With a zero threshold every sample is trimmed: the loop calls the trimmer once per sample it ran."""
+    from onnxq import heap
+    from onnxq.calibration import collect
+
+    made = []
+    real = heap.TrimWhenGrown
+
+    def recording(grown_mib):
+        made.append(real(grown_mib))
+        return made[-1]
+
+    monkeypatch.setattr(heap, "TrimWhenGrown", recording)
+    monkeypatch.setattr(collect, "TRIM_GROWN_MIB", 0)
+    proto = onnx.parser.parse_model("""
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[1, 64] x) => (float[1, 64] y) {
+  h = Relu(x)
+  y = Neg(h)
+}
+""")
+    model = ir.serde.deserialize_model(proto)
+    samples = [{"x": np.full((1, 64), i - 2.0, np.float32)} for i in range(5)]
+    stats = collect.collect_statistics(model, ["h"], samples)
+    assert (stats["h"].min, stats["h"].max) == (0.0, 2.0)
+    if heap._malloc_trim() is not None and heap._resident_bytes() is not None:  # glibc on Linux
+        assert len(made) == 1 and made[0].trims == len(samples)

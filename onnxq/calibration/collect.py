@@ -6,7 +6,8 @@ of copying: ``onnxq.session_files``), cut into consecutive segments (``onnxq.cal
 run in an ONNX Runtime CPU session with graph optimizations off (so every tensor name survives) and no
 memory arena, one intra-op thread per available core (at most ``MAX_THREADS``), sample by sample. Each
 output is folded into its observers at once and dropped, so memory is ``O(tensors × bins)`` plus one
-segment's activations, whatever the number of samples.
+segment's activations, whatever the number of samples (freed activations left in the C heap are returned to
+the system when a sample leaves much of them: ``heap.TrimWhenGrown``).
 Tensors that are graph inputs are observed from the samples themselves; initializers are observed once.
 
 For histogram methods one pass suffices: the power-of-two histogram (``observers.HistogramObserver``)
@@ -24,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from onnxq import runtime_compat
+from onnxq import heap, runtime_compat
 from onnxq.calibration import segments
 from onnxq.calibration.data import CalibrationData
 from onnxq.calibration.observers import ChannelMeanObserver, HistogramObserver, MinMaxObserver
@@ -37,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 #: Most intra-op threads the calibration session uses (more rarely helps one-sample runs).
 MAX_THREADS = 16
+#: A sample that leaves this much freed activation memory in the C heap gets it trimmed (``heap.TrimWhenGrown``).
+TRIM_GROWN_MIB = 32
 
 Progress = Callable[[int, "int | None"], None]
 
@@ -196,12 +199,14 @@ def collect_statistics(
     total = data.num_samples
     logger.info("calibrating %d tensors (%s) over %s samples", len(names), method, total or "all")
     done = 0
+    trim = heap.TrimWhenGrown(TRIM_GROWN_MIB)
     for sample in data:
         for name in from_samples:
             if name in sample:
                 observers[name].update(sample[name])
         if session is not None:
             session.run(sample, lambda outputs, names: _observe_outputs(outputs, names, observers))
+            trim()
         done += 1
         if progress is not None:
             progress(done, total if total is not None else data.num_samples)
