@@ -24,11 +24,11 @@ import typer
 from onnxq import api, model_io
 from onnxq.cli_common import (
     FLAGS,
-    configure_logging,
     exit_with_error,
     extract_global_flags,
     info,
     load_npz_feeds,
+    logging_configured,
     parse_input_shapes,
     progress_bar,
     stderr,
@@ -150,9 +150,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = extract_global_flags(list(sys.argv[1:] if argv is None else argv))
-    configure_logging()
     try:
-        code = app(args=args, prog_name="onnxq", standalone_mode=False)
+        with logging_configured():
+            code = app(args=args, prog_name="onnxq", standalone_mode=False)
     except OnnxqError as exc:
         if FLAGS.debug:
             traceback.print_exc()

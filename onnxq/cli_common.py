@@ -49,15 +49,39 @@ def extract_global_flags(argv: list[str]) -> list[str]:
     return rest
 
 
-def configure_logging() -> None:
+#: Third-party libraries that are chatty at INFO: kept at WARNING unless debugging.
+CHATTY_LOGGERS = ("onnxscript", "onnx_ir")
+
+
+@contextlib.contextmanager
+def logging_configured() -> Iterator[None]:
+    """Logging as the global flags ask, for one run of ``main``; then the caller's logging as it was.
+
+    ``main`` also runs inside other programs (pipelines, tools, tests): a ``--quiet`` run left the root
+    logger at ERROR and its handlers replaced, so the host's warnings went unseen afterwards."""
+    root = logging.getLogger()
+    saved_level, saved_handlers = root.level, root.handlers[:]
+    saved_chatty = {name: logging.getLogger(name).level for name in CHATTY_LOGGERS}
     level = logging.DEBUG if FLAGS.debug else logging.INFO if FLAGS.verbose else logging.WARNING
     if FLAGS.quiet:
         level = logging.ERROR
     handler = RichHandler(console=stderr, show_time=False, show_path=FLAGS.debug, rich_tracebacks=FLAGS.debug)
-    logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
-    # Third-party libraries are chatty at INFO; keep them at WARNING unless debugging.
-    for name in ("onnxscript", "onnx_ir"):
+    for old in saved_handlers:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root.setLevel(level)
+    for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG if FLAGS.debug else logging.WARNING)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        for old in saved_handlers:
+            root.addHandler(old)
+        root.setLevel(saved_level)
+        for name, chatty_level in saved_chatty.items():
+            logging.getLogger(name).setLevel(chatty_level)
 
 
 def info(message: str) -> None:

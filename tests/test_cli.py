@@ -124,3 +124,19 @@ def test_entry_point_exit_codes(demo_path: Path, tmp_path: Path):
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and bad.stderr.startswith("onnxq: error: unknown pass")
     assert not (tmp_path / "o2.onnx").exists()
+
+
+def test_main_leaves_the_host_logging_as_it_found_it(caplog):
+    """In-process runs (pipelines, tests): a quiet run must not leave the root logger at ERROR with its own
+    handler; before, a warning logged after ``main(["-q", ...])`` reached no handler of the host's."""
+    import logging
+
+    from onnxq.cli import main
+
+    root = logging.getLogger()
+    level, handlers = root.level, root.handlers[:]
+    chatty = logging.getLogger("onnxscript").level
+    assert main(["-q", "targets"]) == 0
+    assert root.level == level and root.handlers == handlers and logging.getLogger("onnxscript").level == chatty
+    logging.getLogger("onnxq.test").warning("after a quiet run")
+    assert "after a quiet run" in caplog.text
