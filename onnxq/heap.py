@@ -68,8 +68,8 @@ class TrimWhenGrown:
     heap's resident size ratchets up over the first samples: PP-OCR det's calibration went from 364 MiB
     after one sample to 438 after eight, keeping ~180 MiB of freed memory between samples. Trimming costs
     page faults on what it gave back, so it pays only when a step left much behind: PP-OCR det is trimmed
-    after every sample (+1.3 s over 24 samples, peak 438 -> 342 MiB), EfficientNet-Lite0, which leaves
-    ~23 MiB, once."""
+    after every sample (calibration's peak 462 -> 347 MiB, +1.6 s over 24 samples); EfficientNet-Lite0,
+    which leaves ~23 MiB, at most once."""
 
     def __init__(self, grown_mib: float = 32) -> None:
         self.grown = grown_mib * 2**20
