@@ -27,8 +27,9 @@ from onnxq.quant import qparams
 
 #: The axis of a corrected layer's input whose per-channel mean calibration keeps.
 CHANNEL_AXIS = 1
-#: Elements of a block of output channels whose float64 weight difference is formed at once (2 MiB).
-CHUNK_ELEMENTS = 1 << 18
+#: Elements of a block of output channels whose float64 weight difference is formed at once: the working
+#: block weight quantization uses too (2 MiB).
+CHUNK_ELEMENTS = qparams.CHUNK_ELEMENTS
 
 
 def mean_requests(plan) -> dict[str, int]:

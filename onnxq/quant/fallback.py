@@ -73,11 +73,17 @@ def _rerank(evaluate: Evaluate, ranked: list[str], start: dict[str, str], base_f
     say(f"measuring {len(moved)} layers at their fall-back precision")
     residual = {}
     for name in moved:
-        solo = dict(base_forced)
-        solo.update({other: FLOAT for other in compute if other != name})
+        solo = _alone(name, compute, base_forced)
         solo[name] = start[name]
         residual[name] = evaluate(solo, True)[1]
     return sorted(ranked, key=lambda name: (-residual.get(name, sensitivity[name]), name))
+
+
+def _alone(name: str, compute: list[str], base_forced: dict[str, str]) -> dict[str, str]:
+    """Forced decisions that leave ``name`` the one layer of ``compute`` not float (a sensitivity probe)."""
+    solo = dict(base_forced)
+    solo.update({other: FLOAT for other in compute if other != name})
+    return solo
 
 
 def _another_row_runs(plan: QuantPlan, annotation: Annotation, precision: str) -> bool:
@@ -128,9 +134,7 @@ def search(evaluate: Evaluate, base_forced: dict[str, str], budget: float, *, en
         say(f"measuring the sensitivity of {len(missing)} layers")
     sensitivity = dict(known)
     for name in missing:
-        solo = dict(base_forced)
-        solo.update({other: FLOAT for other in compute if other != name})
-        sensitivity[name] = evaluate(solo, True)[1]
+        sensitivity[name] = evaluate(_alone(name, compute, base_forced), True)[1]
     ranked = sorted(compute, key=lambda name: (-sensitivity[name], name))
 
     best = SearchResult(dict(base_forced), error, rounds, sensitivity)

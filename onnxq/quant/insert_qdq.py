@@ -22,11 +22,11 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxq import runtime_compat
-from onnxq.session_files import unmap
 from onnxq.errors import OpsetError
 from onnxq.quant import bias_correction, qparams
 from onnxq.quant.annotate import QuantPlan
 from onnxq.quant.spec import Granularity, QuantSpec
+from onnxq.session_files import unmap
 
 logger = logging.getLogger(__name__)
 
